@@ -1,0 +1,51 @@
+"""Loading lmforge checkpoints and run directories without the original model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.tasks import TASKS, TaskModule
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file written by an lmforge run, with clear errors."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise LmforgeError(f"ckpt_path={str(path)!r}: no such checkpoint file.")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise LmforgeError(
+            f"ckpt_path={str(path)!r} could not be read as a checkpoint: {err}"
+        ) from err
+    if not isinstance(checkpoint, dict) or "lmforge" not in checkpoint:
+        raise LmforgeError(
+            f"ckpt_path={str(path)!r} was not written by an lmforge run (it has no 'lmforge' "
+            "record of the task and model config)."
+        )
+    return checkpoint
+
+
+def load_task_module(path: str | Path, expected_task: str | None = None) -> TaskModule:
+    """Rebuild the task module of a checkpoint and load its weights (on CPU)."""
+    checkpoint = read_checkpoint(path)
+    record = checkpoint["lmforge"]
+    task = record["task"]
+    if task not in TASKS:
+        raise LmforgeError(f"ckpt_path={str(path)!r} holds an unknown task {task!r}.")
+    if expected_task and task != expected_task:
+        raise LmforgeError(
+            f"ckpt_path={str(path)!r} holds a {task} model, but a {expected_task} one is needed."
+        )
+    module = TASKS[task](**checkpoint["hyper_parameters"], hf_config=record["hf_config"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The run directory holding a checkpoint (`<run dir>/checkpoints/<name>.ckpt`)."""
+    return Path(ckpt_path).expanduser().resolve().parent.parent

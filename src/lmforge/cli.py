@@ -1,0 +1,89 @@
+"""Console entry points: Hydra wrappers around `train` and `evaluate`.
+
+This module imports no torch, transformers or lightning, so `--help` and `--cfg job` answer
+fast; the heavy modules load only when a run starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lmforge.config import validate_training_config
+from lmforge.errors import LmforgeError
+from lmforge.resources import config_dir
+
+log = logging.getLogger("lmforge")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print an LmforgeError as one paragraph and exit 1 (full trace with HYDRA_FULL_ERROR=1)."""
+    try:
+        yield
+    except LmforgeError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"lmforge: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_training(cfg: DictConfig) -> float | None:
+    """The body of `lmforge-train`: resume handling, validation, then `train`."""
+    with user_errors():
+        ckpt_path = None
+        if cfg.resume:
+            from lmforge.rundir import prepare_resume
+
+            others = [o for o in _task_overrides() if not o.startswith(("resume=", "hydra."))]
+            cfg, ckpt_path = prepare_resume(cfg, others)
+        validate_training_config(cfg)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from lmforge.train import train
+
+        return train(cfg, ckpt_path=ckpt_path)
+
+
+def run_evaluation(cfg: DictConfig) -> None:
+    """The body of `lmforge-eval`."""
+    with user_errors():
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from lmforge.evaluate import evaluate
+
+        evaluate(cfg)
+
+
+def _check_resume_argument(argv: list[str]) -> None:
+    """Refuse `resume=<dir>` for a directory that does not exist, before Hydra creates it."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "resume" and value not in ("", "null") and not Path(value).expanduser().is_dir():
+            with user_errors():
+                raise LmforgeError(f"resume={value!r}: no such run directory.")
+
+
+def train_main() -> None:
+    """`lmforge-train`: see conf/train.yaml."""
+    _check_resume_argument(sys.argv[1:])
+    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(
+        run_training
+    )()
+
+
+def eval_main() -> None:
+    """`lmforge-eval`: see conf/eval.yaml."""
+    hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")(
+        run_evaluation
+    )()

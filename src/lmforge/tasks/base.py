@@ -1,0 +1,194 @@
+"""The shared base of every task module: backbone loading, optimization, metric plumbing.
+
+A task family subclasses `TaskModule`, builds its Hugging Face model in `build_model`, computes
+its loss in `forward_loss`, and declares its metrics in `configure_metrics` /
+`update_metrics`. Nothing here knows about labels, tokens or text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+
+from lmforge.errors import LmforgeError
+from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "val", "test")
+
+
+class TaskModule(pl.LightningModule):
+    """A pretrained Hugging Face model with a task head, trained by Lightning.
+
+    Args:
+        pretrained: hub name or local folder of the pretrained model.
+        tokenizer: the tokenizer's name or folder (recorded so checkpoints know it).
+        optimizer: a partial optimizer (`torch.optim.AdamW(lr=...)` minus the parameters).
+        scheduler: a partial `lmforge.optim.build_scheduler`, or None for a constant lr.
+        config_overrides: fields set on the pretrained model's config before loading.
+        hf_config: the model's full config as saved in a checkpoint; when given, the model is
+            built from it with fresh weights (the checkpoint's state dict fills them), so
+            loading a checkpoint needs neither the hub nor the original folder.
+    """
+
+    task_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        pretrained: str,
+        tokenizer: str | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        hf_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "hf_config"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self._hf_config = hf_config
+        self.model: PreTrainedModel = self.build_model()
+        # from_pretrained returns the model in eval mode; training needs dropout on.
+        self.model.train()
+        # A separate metric set per stage, so validation and test never share state.
+        self.train_metrics = self.configure_metrics("train")
+        self.val_metrics = self.configure_metrics("val")
+        self.test_metrics = self.configure_metrics("test")
+
+    # ----- hooks for task modules ---------------------------------------------------------------
+    def build_model(self) -> PreTrainedModel:
+        """Create the Hugging Face model (usually through `load_pretrained`)."""
+        raise NotImplementedError
+
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """Run the model on a batch; return the loss and what `update_metrics` needs."""
+        raise NotImplementedError
+
+    def configure_metrics(self, stage: str) -> nn.Module:
+        """The metric objects of one stage (a separate set per stage)."""
+        return nn.ModuleDict()
+
+    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+        """Feed one batch's outputs to the stage's metrics."""
+
+    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+        """Compute (and reset) the stage's metrics; keys without the stage prefix."""
+        return {}
+
+    def stage_metrics(self, stage: str) -> nn.Module:
+        """The metric set of `train`, `val` or `test`."""
+        return getattr(self, f"{stage}_metrics")
+
+    # ----- model loading ------------------------------------------------------------------------
+    def load_pretrained(self, auto_class: type, **config_fields: Any) -> PreTrainedModel:
+        """Load `pretrained` through `auto_class`, or rebuild it from a checkpoint's config."""
+        if self._hf_config is not None:
+            config = AutoConfig.for_model(**{**self._hf_config, **config_fields})
+            return auto_class.from_config(config)
+        name = self.hparams.pretrained
+        overrides = dict(self.hparams.config_overrides or {})
+        try:
+            config: PretrainedConfig = AutoConfig.from_pretrained(name)
+        except Exception as err:
+            raise LmforgeError(
+                f"model.pretrained={name!r} is not a model this run can load (expected a hub "
+                f"name or a folder with config.json and weights): {err}"
+            ) from err
+        for key, value in {**overrides, **config_fields}.items():
+            if key in overrides and not hasattr(config, key):
+                raise LmforgeError(
+                    f"model.config_overrides.{key}: the {config.model_type} config has no field "
+                    f"{key!r}."
+                )
+            setattr(config, key, value)
+        try:
+            return auto_class.from_pretrained(name, config=config)
+        except Exception as err:
+            raise LmforgeError(
+                f"model.pretrained={name!r} could not be loaded as {auto_class.__name__}: {err}"
+            ) from err
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lmforge"] = {"task": self.task_name, "hf_config": self.model.config.to_dict()}
+
+    # ----- parameters and optimization -------------------------------------------------------
+    def parameter_counts(self) -> dict[str, float]:
+        """Trainable and total parameter counts, and the trainable share in percent."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {
+            "trainable": trainable,
+            "total": total,
+            "trainable_percent": round(100 * trainable / max(total, 1), 4),
+        }
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise LmforgeError("No optimizer configured: set the `optimizer` config group.")
+        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters()))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(
+            optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        # Stepped once per optimizer step, not per epoch.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ----- loops ----------------------------------------------------------------------------------
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        return self.model(**inputs)
+
+    @staticmethod
+    def batch_size_of(batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.forward_loss(batch)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=self.batch_size_of(batch),
+        )
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        loss, outputs = self.forward_loss(batch)
+        self.update_metrics(self.stage_metrics(stage), outputs, batch)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=self.batch_size_of(batch),
+            sync_dist=True,
+        )
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self.compute_metrics(self.stage_metrics(stage))
+        # torchmetrics already reduced the values across processes.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")

@@ -1,0 +1,109 @@
+"""Sequence classification: single-label (binary or multi-class), multi-label, sentence pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from lmforge.resources import safe_name
+from lmforge.tasks.base import TaskModule
+
+
+class TextClassificationModule(TaskModule):
+    """A pretrained encoder with a classification head over `label_names`.
+
+    Single-label: softmax + cross-entropy; metrics `acc`, `f1_macro` and `f1_<label>` per
+    class. Multi-label: one sigmoid per label + binary cross-entropy, a label is predicted when
+    its probability exceeds `threshold`; metrics `acc` (every label of the row right),
+    `f1_micro`, `f1_macro`, `f1_<label>`.
+    """
+
+    task_name = "text_classification"
+
+    def __init__(
+        self,
+        pretrained: str,
+        label_names: list[str],
+        tokenizer: str | None = None,
+        multi_label: bool = False,
+        threshold: float = 0.5,
+        classifier_dropout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.label_names = list(label_names)
+        self.multi_label = multi_label
+        self.threshold = threshold
+        self.classifier_dropout = classifier_dropout
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
+
+    def build_model(self) -> PreTrainedModel:
+        fields: dict[str, Any] = {
+            "num_labels": len(self.label_names),
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+            "problem_type": (
+                "multi_label_classification" if self.multi_label else "single_label_classification"
+            ),
+        }
+        if self.classifier_dropout is not None:
+            fields["classifier_dropout"] = self.classifier_dropout
+        return self.load_pretrained(AutoModelForSequenceClassification, **fields)
+
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits  # (batch, num_labels)
+        labels = batch["labels"]
+        if self.multi_label:
+            loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        else:
+            loss = F.cross_entropy(logits, labels)
+        return loss, logits
+
+    def configure_metrics(self, stage: str) -> nn.Module:
+        n = len(self.label_names)
+        if stage == "train":
+            return nn.ModuleDict()  # training logs its loss only: metrics per step cost time
+        if self.multi_label:
+            return nn.ModuleDict(
+                {
+                    "acc": MultilabelExactMatch(num_labels=n, threshold=self.threshold),
+                    "f1_micro": MultilabelF1Score(n, threshold=self.threshold, average="micro"),
+                    "f1_macro": MultilabelF1Score(n, threshold=self.threshold, average="macro"),
+                    "f1_per_label": MultilabelF1Score(n, threshold=self.threshold, average=None),
+                }
+            )
+        return nn.ModuleDict(
+            {
+                "acc": MulticlassAccuracy(num_classes=n, average="micro"),
+                "f1_macro": MulticlassF1Score(num_classes=n, average="macro"),
+                "f1_per_label": MulticlassF1Score(num_classes=n, average=None),
+            }
+        )
+
+    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+        labels = batch["labels"]
+        scores = torch.sigmoid(outputs) if self.multi_label else outputs
+        for metric in metrics.values():
+            metric.update(scores, labels.long() if self.multi_label else labels)
+
+    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+        values: dict[str, torch.Tensor] = {}
+        for name, metric in metrics.items():
+            value = metric.compute()
+            metric.reset()
+            if name == "f1_per_label":
+                for label, score in zip(self.label_names, value, strict=True):
+                    values[f"f1_{safe_name(label)}"] = score
+            else:
+                values[name] = value
+        return values

@@ -1,0 +1,197 @@
+"""Training: compose the datamodule, task module and trainer, fit, test the best checkpoint.
+
+`train(cfg)` is the whole recipe; `lmforge-train` (lmforge.cli) wraps it with Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lmforge.callbacks import RandomState, TrainThroughput
+from lmforge.config import validate_training_config
+from lmforge.data import TextDataModule
+from lmforge.rundir import LABELS_FILE, METRICS_FILE, TOKENIZER_DIR, record_config, write_json
+from lmforge.tasks import TaskModule
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    cfg: DictConfig, ckpt_path: str | None = None, callbacks: Sequence[pl.Callback] = ()
+) -> float | None:
+    """Fit and test one run; return the value of `cfg.optimized_metric` (for sweepers).
+
+    Args:
+        cfg: a composed training config (conf/train.yaml).
+        ckpt_path: a checkpoint to resume from (set by `resume=<run dir>`).
+        callbacks: extra callbacks, added to those of the config.
+    """
+    validate_training_config(cfg)
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = _prepare_data(cfg)
+    module = _build_module(cfg, datamodule)
+    throughput = TrainThroughput()
+    trainer = _build_trainer(cfg, [RandomState(), throughput, *callbacks])
+    _record_start(cfg, run_dir, datamodule)
+
+    resumed = _resume_point(ckpt_path)
+    samples_per_second = None
+    progress = {"epochs_completed": 0, "global_step": 0}
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            log.warning("Training was interrupted. Continue it with: resume=%s", run_dir)
+            return None
+        # Spawned DDP workers measured it in their own processes and logged it back.
+        logged = trainer.callback_metrics
+        samples_per_second = throughput.samples_per_second or _scalar(
+            logged.get("train/samples_per_sec")
+        )
+        progress = {
+            "epochs_completed": trainer.current_epoch or int(logged.get("progress/epochs", 0)),
+            "global_step": trainer.global_step or int(logged.get("progress/global_step", 0)),
+        }
+    test_metrics = _test(cfg, trainer, module, datamodule) if cfg.test else {}
+
+    best = _best_validation(cfg, trainer)
+    metrics = {
+        "task": module.task_name,
+        "test": test_metrics,
+        "best_validation": best,
+        "optimized_metric": cfg.optimized_metric,
+        "wall_time_seconds": round(time.perf_counter() - started, 2),
+        "train_samples_per_second": samples_per_second,
+        **progress,
+        "parameters": module.parameter_counts(),
+        "data": {split: len(ds) for split, ds in datamodule.splits.items()},
+        "tokenization_cache_hit": datamodule.cache_hit,
+        "resumed_from": resumed,
+    }
+    path = write_json(run_dir, METRICS_FILE, metrics)
+    log.info("Test metrics: %s", json.dumps(test_metrics))
+    log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
+    return best["value"] if best else None
+
+
+def _prepare_data(cfg: DictConfig) -> TextDataModule:
+    datamodule: TextDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _build_module(cfg: DictConfig, datamodule: TextDataModule) -> TaskModule:
+    task_inputs: dict[str, Any] = {}
+    if hasattr(datamodule, "label_names"):
+        task_inputs["label_names"] = datamodule.label_names
+    module: TaskModule = instantiate(
+        cfg.model,
+        _convert_="all",
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        **task_inputs,
+    )
+    counts = module.parameter_counts()
+    log.info(
+        "Parameters: %s trainable of %s (%.2f%%)",
+        f"{counts['trainable']:,}",
+        f"{counts['total']:,}",
+        counts["trainable_percent"],
+    )
+    return module
+
+
+def _instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a callbacks/logger group (entries set to null are skipped)."""
+    if not group:
+        return []
+    return [instantiate(item) for item in group.values() if item is not None]
+
+
+def _build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+    callbacks = _instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if loggers:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return trainer
+
+
+def _record_start(cfg: DictConfig, run_dir: Path, datamodule: TextDataModule) -> None:
+    record_config(run_dir, cfg)
+    if not (run_dir / TOKENIZER_DIR).exists():
+        datamodule.tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+    if hasattr(datamodule, "label_names") and not (run_dir / LABELS_FILE).exists():
+        names = datamodule.label_names
+        write_json(run_dir, LABELS_FILE, {"id2label": dict(enumerate(names))})
+
+
+def _resume_point(ckpt_path: str | None) -> dict[str, Any] | None:
+    """Where a resumed run starts: the checkpoint's epoch and optimizer step."""
+    if not ckpt_path:
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    point = {
+        "checkpoint": str(ckpt_path),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+    }
+    log.info("Resuming at epoch %s, step %s", point["epoch"], point["global_step"])
+    return point
+
+
+def _test(
+    cfg: DictConfig, trainer: pl.Trainer, module: TaskModule, datamodule: TextDataModule
+) -> dict[str, float]:
+    """Evaluate the best checkpoint on the test split (the final weights if none was kept).
+
+    After a multi-process fit the test runs in this process on one device, so every test
+    example counts exactly once (sharding pads the last batches with repeats).
+    """
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback else ""
+    if cfg.train and not best:
+        log.warning("No best checkpoint was saved; testing the final weights.")
+    if trainer.world_size > 1:
+        trainer = instantiate(
+            cfg.trainer,
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+            callbacks=[],
+            logger=trainer.loggers or False,
+        )
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    return {k: _scalar(v) for k, v in (results[0] if results else {}).items()}
+
+
+def _best_validation(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | None:
+    callback = trainer.checkpoint_callback
+    score = getattr(callback, "best_model_score", None) if callback else None
+    if score is None:
+        score = trainer.callback_metrics.get(cfg.optimized_metric)
+    if score is None:
+        return None
+    path = getattr(callback, "best_model_path", "") if callback else ""
+    return {"metric": cfg.optimized_metric, "value": _scalar(score), "checkpoint": path or None}
+
+
+def _scalar(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value.item() if isinstance(value, torch.Tensor) else value)

@@ -1,0 +1,137 @@
+"""Shared fixtures: a tiny random BERT, tiny generated data, configs composed from conf/.
+
+Everything runs on CPU, offline, inside pytest's tmp dirs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from lmforge.resources import config_dir, embedded_model_path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import datasets
+
+datasets.disable_progress_bars()
+
+TOPICS = {
+    "sports": "match goal team player coach league score season win stadium ball referee",
+    "cooking": "recipe oven flour sugar bake boil pan salt butter dough kitchen spice",
+    "music": "guitar song chord melody drum album concert rhythm singer piano band note",
+}
+FILLER = "the a of and with very some new this that it is on for"
+
+
+def make_rows(n: int, seed: int, labels: dict[str, str] = TOPICS) -> list[dict[str, str]]:
+    """`n` rows of short texts whose words reveal their topic, cycling through the labels."""
+    rng = random.Random(seed)
+    names = list(labels)
+    rows = []
+    for i in range(n):
+        label = names[i % len(names)]
+        words = labels[label].split()
+        length = rng.randint(4, 18)
+        text = " ".join(
+            rng.choice(words) if rng.random() < 0.6 else rng.choice(FILLER.split())
+            for _ in range(length)
+        )
+        rows.append({"text": text, "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """train.csv / validation.csv / test.csv with 3 topics (96 / 30 / 30 rows)."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    write_csv(root / "train.csv", make_rows(96, seed=1))
+    write_csv(root / "validation.csv", make_rows(30, seed=2))
+    write_csv(root / "test.csv", make_rows(30, seed=3))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with the embedded WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose a config from the real conf/ directory, as the command line would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+def tiny_overrides(tiny_model: Path, tiny_data: Path) -> list[str]:
+    return [
+        f"model.pretrained={tiny_model}",
+        f"data.train_file={tiny_data / 'train.csv'}",
+        "data.max_length=32",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.rich_progress_bar=null",
+        "optimizer.lr=3e-3",
+    ]
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_model, tiny_data):
+    """Build a tiny training config writing into tmp_path; extra overrides win."""
+
+    def _make(*overrides: str, run: str = "run", config_name: str = "train") -> DictConfig:
+        base = tiny_overrides(tiny_model, tiny_data) if config_name == "train" else []
+        cfg = compose_config([*base, *overrides], config_name=config_name)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / run)
+            cfg.paths.cache_dir = str(tmp_path / "cache")
+        return cfg
+
+    return _make
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()

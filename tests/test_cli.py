@@ -1,0 +1,89 @@
+"""The console scripts as a user runs them: fast help, clean errors, DDP without GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_overrides
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": ""}
+
+
+def run(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cfg_job_prints_the_config_without_heavy_imports(tmp_path):
+    code = (
+        "import sys, time; t = time.perf_counter();"
+        "sys.argv = ['lmforge-train', '--cfg', 'job'];"
+        "from lmforge.cli import train_main\n"
+        "try:\n    train_main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'lightning') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'SECONDS', time.perf_counter() - t)"
+    )
+    result = run(sys.executable, "-c", code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "optimizer:" in result.stdout and "HEAVY []" in result.stdout
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    started = time.perf_counter()
+    result = run("lmforge-train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for group in ("data:", "model:", "optimizer:", "trainer:", "experiment:", "debug:"):
+        assert group in result.stdout
+    assert time.perf_counter() - started < 30  # generous: CI machines vary
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr must be a number above 0, got -1"),
+        ("data=nope", "Available options in 'data'"),
+        ("data.txt_column=x", "data.txt_column"),
+        ("resume=/no/such/run", "resume='/no/such/run': no such run directory"),
+        ("data.train_file=/no/such.csv", "data.train_file='/no/such.csv': no such file"),
+    ],
+)
+def test_errors_are_one_paragraph_without_traceback(tmp_path, override, expected):
+    result = run("lmforge-train", override, "trainer=cpu", cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_of_a_missing_checkpoint(tmp_path):
+    result = run("lmforge-eval", "ckpt_path=/no/such.ckpt", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "no such checkpoint file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ddp_sim_from_the_command_line_makes_one_run_dir(tmp_path, tiny_model, tiny_data):
+    overrides = [o for o in tiny_overrides(tiny_model, tiny_data) if "max_epochs" not in o]
+    result = run(
+        "lmforge-train",
+        *overrides,
+        "trainer=ddp_sim",
+        "trainer.max_epochs=1",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("cache",)] == ["run"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["test/acc"] >= 0
+    assert len(list(tmp_path.rglob("metrics.json"))) == 1
+    # each of the 2 processes saw half of the 96 training rows per epoch: 3 steps of 16
+    assert metrics["global_step"] == 3

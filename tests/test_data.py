@@ -1,0 +1,262 @@
+"""The datamodule: sources, column mapping, labels, split carving, caching, batching."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+
+from lmforge.data import TextClassificationDataModule
+from lmforge.data.sampler import SeededBatchSampler
+from lmforge.errors import LmforgeError
+from lmforge.resources import sibling_split
+from tests.conftest import make_rows, write_csv
+
+
+def build(tmp_path, tiny_model, **kwargs) -> TextClassificationDataModule:
+    kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
+    kwargs.setdefault("max_length", 32)
+    dm = TextClassificationDataModule(tokenizer=str(tiny_model), **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_column_mapping_and_string_labels(tmp_path, tiny_model):
+    rows = [{"review": r["text"], "stars": r["label"], "extra": 1} for r in make_rows(30, 0)]
+    path = write_csv(tmp_path / "reviews.csv", rows)
+    dm = build(
+        tmp_path, tiny_model, train_file=str(path), text_column="review", label_column="stars"
+    )
+    assert dm.label_names == ["cooking", "music", "sports"]
+    assert set(dm.splits["train"].column_names) == {
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "labels",
+    }
+
+
+def test_integer_labels_keep_their_values(tmp_path, tiny_model):
+    rows = [{"text": r["text"], "label": [3, 7, 5][i % 3]} for i, r in enumerate(make_rows(30, 0))]
+    path = write_csv(tmp_path / "ints_train.csv", rows)
+    dm = build(tmp_path, tiny_model, train_file=str(path))
+    assert dm.label_names == ["3", "5", "7"]
+
+
+def test_configured_label_names_set_the_id_order(tmp_path, tiny_model, tiny_data):
+    names = ["sports", "music", "cooking"]
+    dm = build(
+        tmp_path,
+        tiny_model,
+        train_file=str(tiny_data / "train.csv"),
+        label_names=names,
+        validation_file=str(tiny_data / "validation.csv"),
+        test_file=str(tiny_data / "test.csv"),
+    )
+    assert dm.label_names == names
+    first = pd.read_csv(tiny_data / "train.csv")
+    labels = dm.splits["train"]["labels"]
+    assert [names[i] for i in labels[:5]] == list(first["label"][:5])
+
+
+def test_missing_splits_are_carved_stratified_and_seeded(tmp_path, tiny_model):
+    path = write_csv(tmp_path / "only.csv", make_rows(90, 0))
+    dm = build(tmp_path, tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2)
+    assert dm.meta["carved_splits"] == ["test", "validation"]
+    assert len(dm.splits["test"]) == 18 and len(dm.splits["validation"]) == 18
+    assert sum(len(s) for s in dm.splits.values()) == 90
+    # stratified: each of the 3 balanced labels gets a third of the test split
+    assert Counter(dm.splits["test"]["labels"]) == {0: 6, 1: 6, 2: 6}
+    again = build(
+        tmp_path / "second", tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2
+    )
+    assert again.splits["test"]["input_ids"] == dm.splits["test"]["input_ids"]
+
+
+def test_sibling_split_files(tmp_path):
+    train = write_csv(tmp_path / "reviews_train.csv", make_rows(3, 0))
+    assert sibling_split(str(train), "validation") is None
+    dev = write_csv(tmp_path / "reviews_dev.csv", make_rows(3, 0))
+    test = write_csv(tmp_path / "reviews_test.csv", make_rows(3, 0))
+    assert sibling_split(str(train), "validation") == str(dev)
+    assert sibling_split(str(train), "test") == str(test)
+    assert sibling_split(str(tmp_path / "data.csv"), "test") is None
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet", ".tsv"])
+def test_other_file_formats(tmp_path, tiny_model, suffix):
+    frame = pd.DataFrame(make_rows(30, 0))
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(path)
+    elif suffix == ".tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    else:
+        frame.to_json(path, orient="records", lines=suffix == ".jsonl")
+    dm = build(tmp_path, tiny_model, train_file=str(path))
+    assert dm.label_names == ["cooking", "music", "sports"]
+
+
+def test_sentence_pairs_are_encoded_as_pairs(tmp_path, tiny_model):
+    rows = [
+        {"a": "a cat sat", "b": "a dog ran", "label": "no"},
+        {"a": "the sun", "b": "the sun", "label": "yes"},
+    ] * 10
+    path = write_csv(tmp_path / "pairs.csv", rows)
+    dm = build(
+        tmp_path,
+        tiny_model,
+        train_file=str(path),
+        text_column="a",
+        text_pair_column="b",
+        validation_ratio=0.2,
+        test_ratio=0.2,
+    )
+    example = dm.splits["train"][0]
+    assert 1 in example["token_type_ids"]  # the second segment is marked
+
+
+def test_multi_label_rows_from_a_separator(tmp_path, tiny_model):
+    rows = [{"text": "t " * (i + 1), "label": ["a|b", "b", "c|a"][i % 3]} for i in range(30)]
+    path = write_csv(tmp_path / "multi.csv", rows)
+    dm = build(tmp_path, tiny_model, train_file=str(path), multi_label=True)
+    assert dm.label_names == ["a", "b", "c"]
+    vectors = {tuple(v) for split in dm.splits.values() for v in split["labels"]}
+    assert vectors <= {(1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.0, 1.0)}
+
+
+def test_truncation_is_counted(tmp_path, tiny_model):
+    rows = [{"text": "word " * (200 if i % 2 else 3), "label": "ab"[i % 2]} for i in range(20)]
+    path = write_csv(tmp_path / "long.csv", rows)
+    dm = build(tmp_path, tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2)
+    total = sum(s["truncated"] for s in dm.meta["stats"].values())
+    assert total == 10
+    assert max(dm.lengths["train"]) == 32
+
+
+def test_caps_limit_each_split(tmp_path, tiny_model, tiny_data):
+    dm = build(
+        tmp_path,
+        tiny_model,
+        train_file=str(tiny_data / "train.csv"),
+        validation_file=str(tiny_data / "validation.csv"),
+        test_file=str(tiny_data / "test.csv"),
+        max_train_samples=10,
+        max_eval_samples=5,
+        max_test_samples=7,
+    )
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 10, "validation": 5, "test": 7}
+
+
+def test_tokenization_cache_hit_and_miss(tmp_path, tiny_model):
+    path = write_csv(tmp_path / "train.csv", make_rows(30, 0))
+    first = build(tmp_path, tiny_model, train_file=str(path))
+    assert first.cache_hit is False
+    second = build(tmp_path, tiny_model, train_file=str(path))
+    assert second.cache_hit is True
+    assert build(tmp_path, tiny_model, train_file=str(path), max_length=16).cache_hit is False
+    write_csv(path, make_rows(30, 1))  # same name, new content
+    assert build(tmp_path, tiny_model, train_file=str(path)).cache_hit is False
+    assert len(list((tmp_path / "cache").glob("TextClassificationDataModule-*"))) == 3
+
+
+# ----- errors ---------------------------------------------------------------------------------
+
+
+def error_of(tmp_path, tiny_model, **kwargs) -> str:
+    with pytest.raises(LmforgeError) as info:
+        build(tmp_path, tiny_model, **kwargs)
+    return str(info.value)
+
+
+def test_missing_file_names_the_key(tmp_path, tiny_model):
+    message = error_of(tmp_path, tiny_model, train_file=str(tmp_path / "nope.csv"))
+    assert "data.train_file" in message and "nope.csv" in message
+
+
+def test_missing_column_lists_columns_found(tmp_path, tiny_model):
+    path = write_csv(tmp_path / "t.csv", make_rows(10, 0))
+    message = error_of(tmp_path, tiny_model, train_file=str(path), text_column="review")
+    assert "data.text_column='review'" in message and "text, label" in message
+
+
+def test_unseen_test_label_is_refused(tmp_path, tiny_model):
+    train = write_csv(tmp_path / "train.csv", make_rows(30, 0))
+    write_csv(tmp_path / "test.csv", [{"text": "x y", "label": "politics"}])
+    message = error_of(
+        tmp_path, tiny_model, train_file=str(train), test_file=str(tmp_path / "test.csv")
+    )
+    assert "test split" in message and "'politics'" in message
+
+
+def test_single_class_is_refused(tmp_path, tiny_model):
+    path = write_csv(tmp_path / "t.csv", [{"text": "a b", "label": "x"}] * 10)
+    assert "single label" in error_of(tmp_path, tiny_model, train_file=str(path))
+
+
+def test_missing_text_names_the_rows(tmp_path, tiny_model):
+    rows = make_rows(10, 0)
+    rows[3]["text"] = ""
+    path = write_csv(tmp_path / "t.csv", rows)
+    message = error_of(tmp_path, tiny_model, train_file=str(path))
+    assert "row(s) 4" in message and "'text'" in message
+
+
+def test_empty_and_non_utf8_files(tmp_path, tiny_model):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert "empty" in error_of(tmp_path, tiny_model, train_file=str(empty))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    assert "UTF-8" in error_of(tmp_path, tiny_model, train_file=str(latin))
+
+
+def test_no_source_is_refused(tmp_path, tiny_model):
+    assert "No data source" in error_of(tmp_path, tiny_model)
+
+
+# ----- sampler --------------------------------------------------------------------------------
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    lengths = list(range(100))
+    a = SeededBatchSampler(lengths, 8, shuffle=True, seed=3)
+    b = SeededBatchSampler(lengths, 8, shuffle=True, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert sorted(i for batch in a for i in batch) == lengths
+
+
+def test_length_grouping_reduces_padding():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 200, (640,), generator=gen).tolist()
+
+    def padded(sampler):
+        return sum(max(lengths[i] for i in b) * len(b) for b in sampler)
+
+    plain = SeededBatchSampler(lengths, 16, shuffle=True, seed=0)
+    grouped = SeededBatchSampler(lengths, 16, shuffle=True, group_by_length=True, seed=0)
+    assert padded(grouped) < 0.7 * padded(plain)
+    assert sorted(i for b in grouped for i in b) == list(range(640))
+
+
+def test_sampler_shards_across_processes():
+    shards = [
+        list(SeededBatchSampler(list(range(50)), 4, shuffle=True, num_replicas=2, rank=r))
+        for r in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 7
+    seen = {i for shard in shards for batch in shard for i in batch}
+    assert seen == set(range(50))
+
+
+def test_meta_is_json(tmp_path, tiny_model, tiny_data):
+    dm = build(tmp_path, tiny_model, train_file=str(tiny_data / "train.csv"))
+    json.dumps(dm.meta)

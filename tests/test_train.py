@@ -1,0 +1,225 @@
+"""End-to-end runs on a tiny random BERT: run directory, evaluation, resume, debug modes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from omegaconf import open_dict
+from torch.testing import assert_close
+
+from lmforge.errors import LmforgeError
+from lmforge.evaluate import evaluate
+from lmforge.rundir import prepare_resume
+from lmforge.train import train
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model, tiny_data):
+    """One complete tiny training run shared by the tests that only read it."""
+    from tests.conftest import compose_config, tiny_overrides
+
+    root = tmp_path_factory.mktemp("finished")
+    cfg = compose_config(tiny_overrides(tiny_model, tiny_data))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "run")
+        cfg.paths.cache_dir = str(root / "cache")
+    value = train(cfg)
+    return root / "run", value
+
+
+def test_run_dir_holds_everything_a_run_needs(finished_run):
+    run_dir, value = finished_run
+    for name in [
+        "config.yaml",
+        "labels.json",
+        "metrics.json",
+        "tokenizer/tokenizer.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+    ]:
+        assert (run_dir / name).is_file(), name
+    metrics = read_metrics(run_dir)
+    assert set(metrics["test"]) >= {
+        "test/loss",
+        "test/acc",
+        "test/f1_macro",
+        "test/f1_music",
+        "test/f1_sports",
+        "test/f1_cooking",
+    }
+    assert metrics["best_validation"]["metric"] == "val/acc"
+    assert metrics["best_validation"]["value"] == pytest.approx(value)
+    assert metrics["train_samples_per_second"] > 0 and metrics["wall_time_seconds"] > 0
+    assert metrics["data"] == {"train": 96, "validation": 30, "test": 30}
+    assert metrics["epochs_completed"] == 2 and metrics["resumed_from"] is None
+    assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
+    labels = json.loads((run_dir / "labels.json").read_text())
+    assert labels["id2label"] == {"0": "cooking", "1": "music", "2": "sports"}
+
+
+def test_the_tiny_model_learns(finished_run):
+    run_dir, _ = finished_run
+    assert read_metrics(run_dir)["test"]["test/acc"] > 0.5  # chance is 1/3
+
+
+def test_eval_reproduces_the_test_metrics_in_its_own_dir(finished_run, make_cfg, tmp_path):
+    run_dir, _ = finished_run
+    before = {p: digest(p) for p in run_dir.rglob("*") if p.is_file()}
+    cfg = make_cfg(
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", config_name="eval", run="eval"
+    )
+    metrics = evaluate(cfg)
+    expected = read_metrics(run_dir)["test"]
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-5), key
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert {p: digest(p) for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_eval_on_another_file(finished_run, make_cfg, tmp_path):
+    from tests.conftest import make_rows, write_csv
+
+    run_dir, _ = finished_run
+    other = write_csv(tmp_path / "new.csv", make_rows(12, seed=9))
+    cfg = make_cfg(
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"test_file={other}",
+        config_name="eval",
+        run="eval",
+    )
+    evaluate(cfg)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["examples"] == 12
+
+
+def test_a_finished_run_is_not_resumed(finished_run, make_cfg):
+    run_dir, _ = finished_run
+    with pytest.raises(LmforgeError, match="finished"):
+        prepare_resume(make_cfg(f"resume={run_dir}"), [])
+
+
+def test_resume_needs_a_run_dir(make_cfg, tmp_path):
+    with pytest.raises(LmforgeError, match="no such run directory"):
+        prepare_resume(make_cfg(f"resume={tmp_path / 'nothing'}"), [])
+
+
+class CrashAfterEpoch(pl.Callback):
+    """Simulates a crash after an epoch finished (and its checkpoint was written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch + 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(make_cfg, tmp_path):
+    settings = [
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "callbacks.early_stopping=null",
+    ]
+    full_value = train(make_cfg(*settings, run="full"))
+
+    interrupted = make_cfg(*settings, run="interrupted")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(interrupted, callbacks=[CrashAfterEpoch(epoch=1)])
+    run_dir = tmp_path / "interrupted"
+    assert not (run_dir / "metrics.json").exists()
+    saved_step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+
+    resume_cfg, ckpt = prepare_resume(make_cfg(f"resume={run_dir}"), [])
+    resumed_value = train(resume_cfg, ckpt_path=ckpt)
+
+    full, resumed = read_metrics(tmp_path / "full"), read_metrics(run_dir)
+    assert resumed["resumed_from"]["global_step"] == saved_step == 2 * 6  # 96 rows / 16
+    assert resumed["global_step"] == full["global_step"] == 3 * 6
+    assert resumed_value == pytest.approx(full_value)
+    for key, value in full["test"].items():
+        assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key
+    a = state_dict(tmp_path / "full/checkpoints/last.ckpt")
+    b = state_dict(run_dir / "checkpoints/last.ckpt")
+    for name in a:
+        assert_close(a[name], b[name], msg=name)
+
+
+def test_resume_refuses_other_overrides(make_cfg, tmp_path):
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    (run_dir / "checkpoints/last.ckpt").write_bytes(b"")
+    with pytest.raises(LmforgeError, match=r"optimizer\.lr=1"):
+        prepare_resume(make_cfg(f"resume={run_dir}"), ["optimizer.lr=1"])
+
+
+@pytest.mark.parametrize("mode", ["fdr", "overfit", "limit", "profiler"])
+def test_debug_modes_run(make_cfg, tmp_path, mode):
+    train(make_cfg(f"debug={mode}"))
+    metrics = read_metrics(tmp_path / "run")
+    assert "test/acc" in metrics["test"]
+    if mode == "profiler":
+        assert list((tmp_path / "run").glob("*profiler*.txt"))
+
+
+def test_overfit_drives_the_training_loss_down(make_cfg, tmp_path):
+    train(make_cfg("debug=overfit", "trainer.max_epochs=30"))
+    rows = (tmp_path / "run/csv/metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    column = header.index("train/loss_epoch")
+    losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_negative_learning_rate_is_refused_before_any_work(make_cfg, tmp_path):
+    with pytest.raises(LmforgeError, match=r"optimizer\.lr must be a number above 0"):
+        train(make_cfg("optimizer.lr=-0.1"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_never_overwrites_a_finished_runs_metrics(make_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text("{}")
+    with pytest.raises(LmforgeError, match="never overwrites"):
+        train(make_cfg("debug=fdr"))
+    assert (run_dir / "metrics.json").read_text() == "{}"
+
+
+def test_multi_label_end_to_end(make_cfg, tmp_path):
+    from tests.conftest import write_csv
+
+    rows = [
+        {"text": t, "label": lab}
+        for t, lab in [
+            ("goal team", "sports"),
+            ("song oven", "music|cooking"),
+            ("flour", "cooking"),
+            ("drum match", "music|sports"),
+        ]
+        * 12
+    ]
+    path = write_csv(tmp_path / "ml.csv", rows)
+    train(
+        make_cfg(
+            f"data.train_file={path}", "model.multi_label=true", "optimized_metric=val/f1_micro"
+        )
+    )
+    assert {"test/f1_micro", "test/acc"} <= set(read_metrics(tmp_path / "run")["test"])
