@@ -15,7 +15,7 @@ install:
 	$(PIP) install -q -e ".[dev]"
 
 train: install
-	HF_HUB_OFFLINE=1 lmforge-train $(ARGS)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m lmforge $(ARGS)
 
 lint:
 	ruff format --check src tests scripts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
+
+
+def script(name: str) -> str:
+    """The console script installed beside this interpreter (a venv's bin/), else on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or name
+
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": ""}
 
@@ -38,7 +45,7 @@ def test_cfg_job_prints_the_config_without_heavy_imports(tmp_path):
 
 def test_help_lists_the_config_groups(tmp_path):
     started = time.perf_counter()
-    result = run("lmforge-train", "--help", cwd=tmp_path)
+    result = run(script("lmforge-train"), "--help", cwd=tmp_path)
     assert result.returncode == 0
     for group in ("data:", "model:", "optimizer:", "trainer:", "experiment:", "debug:"):
         assert group in result.stdout
@@ -56,14 +63,14 @@ def test_help_lists_the_config_groups(tmp_path):
     ],
 )
 def test_errors_are_one_paragraph_without_traceback(tmp_path, override, expected):
-    result = run("lmforge-train", override, "trainer=cpu", cwd=tmp_path)
+    result = run(script("lmforge-train"), override, "trainer=cpu", cwd=tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_eval_of_a_missing_checkpoint(tmp_path):
-    result = run("lmforge-eval", "ckpt_path=/no/such.ckpt", cwd=tmp_path)
+    result = run(script("lmforge-eval"), "ckpt_path=/no/such.ckpt", cwd=tmp_path)
     assert result.returncode != 0
     assert "no such checkpoint file" in result.stderr and "Traceback" not in result.stderr
 
@@ -71,7 +78,7 @@ def test_eval_of_a_missing_checkpoint(tmp_path):
 def test_ddp_sim_from_the_command_line_makes_one_run_dir(tmp_path, tiny_model, tiny_data):
     overrides = [o for o in tiny_overrides(tiny_model, tiny_data) if "max_epochs" not in o]
     result = run(
-        "lmforge-train",
+        script("lmforge-train"),
         *overrides,
         "trainer=ddp_sim",
         "trainer.max_epochs=1",

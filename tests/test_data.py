@@ -260,3 +260,38 @@ def test_sampler_shards_across_processes():
 def test_meta_is_json(tmp_path, tiny_model, tiny_data):
     dm = build(tmp_path, tiny_model, train_file=str(tiny_data / "train.csv"))
     json.dumps(dm.meta)
+
+
+def test_hub_code_path_on_a_local_dataset_folder(tmp_path, tiny_model):
+    """`data.dataset_name` goes through datasets.load_dataset; a local folder exercises it."""
+    import datasets
+
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    features = datasets.Features(
+        {
+            "sentence": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["negative", "positive"]),
+        }
+    )
+    for split, n in (("train", 40), ("validation", 10)):
+        rows = {
+            "sentence": [f"text number {i}" for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+        }
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            str(folder / f"{split}.parquet")
+        )
+    dm = build(tmp_path, tiny_model, dataset_name=str(folder), text_column="sentence")
+    assert dm.label_names == ["negative", "positive"]  # from the ClassLabel feature
+    assert dm.meta["carved_splits"] == ["test"]
+    assert len(dm.splits["validation"]) == 10
+    again = build(tmp_path, tiny_model, dataset_name=str(folder), text_column="sentence")
+    assert again.cache_hit is True
+
+
+def test_files_and_a_hub_name_together_are_refused(tmp_path, tiny_model, tiny_data):
+    message = error_of(
+        tmp_path, tiny_model, dataset_name="imdb", train_file=str(tiny_data / "train.csv")
+    )
+    assert "choose one source" in message

@@ -223,3 +223,18 @@ def test_multi_label_end_to_end(make_cfg, tmp_path):
         )
     )
     assert {"test/f1_micro", "test/acc"} <= set(read_metrics(tmp_path / "run")["test"])
+
+
+def test_bf16_mixed_precision_on_cpu(make_cfg, tmp_path):
+    train(make_cfg("trainer.precision=bf16-mixed", "debug=limit"))
+    assert read_metrics(tmp_path / "run")["test"]["test/acc"] >= 0
+
+
+def test_all_loggers_together_offline(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    train(make_cfg("logger=many", "debug=limit"))
+    run_dir = tmp_path / "run"
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run_dir.rglob("*.wandb"))

@@ -5,6 +5,7 @@ Kept free of heavy imports: it runs while Hydra composes a config, before torch 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -99,6 +100,12 @@ def hydra_subdir(resume: str | None, timestamp: str) -> str:
     return f".hydra/resume_{timestamp}" if resume else ".hydra"
 
 
+def run_id(output_dir: str) -> str:
+    """A logger run id derived from the run directory: unique per run, the same on resume."""
+    digest = hashlib.sha256(str(Path(str(output_dir)).resolve()).encode()).hexdigest()
+    return f"{Path(str(output_dir)).name}-{digest[:8]}".replace("_", "-")
+
+
 def safe_name(text: str) -> str:
     """A label name made safe for a metric key (`val/f1_<name>`)."""
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(text)).strip("_") or "label"
@@ -113,6 +120,7 @@ def register_resolvers() -> None:
         # Cached so that every read of hydra.run.dir within one process gives the same answer.
         "lmforge.run_dir": (run_dir, True),
         "lmforge.hydra_subdir": (hydra_subdir, True),
+        "lmforge.run_id": (run_id, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

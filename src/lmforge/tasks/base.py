@@ -7,6 +7,7 @@ its loss in `forward_loss`, and declares its metrics in `configure_metrics` /
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, ClassVar
 
@@ -131,7 +132,12 @@ class TaskModule(pl.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise LmforgeError("No optimizer configured: set the `optimizer` config group.")
-        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters()))
+        factory = self.optimizer_factory
+        if getattr(factory, "keywords", {}).get("fused") and self._clips_under_mixed_precision():
+            # Lightning refuses to clip the gradients of fused optimizers under mixed precision.
+            factory = functools.partial(factory, fused=False)
+            log.info("Fused optimizer steps are off: gradient clipping under mixed precision.")
+        optimizer = factory(parameter_groups(self.named_parameters()))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(
@@ -142,6 +148,10 @@ class TaskModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _clips_under_mixed_precision(self) -> bool:
+        trainer = self.trainer
+        return bool(trainer.gradient_clip_val) and "mixed" in str(trainer.precision)
 
     # ----- loops ----------------------------------------------------------------------------------
     def forward(self, **inputs: torch.Tensor) -> Any:
