@@ -36,6 +36,19 @@ def user_errors() -> Iterator[None]:
         sys.exit(1)
 
 
+def _route_library_logs() -> None:
+    """Send Lightning's messages through Hydra's handlers only (console and run log file).
+
+    Lightning adds a console handler of its own, which printed every line twice.
+    """
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        library_log = logging.getLogger(name)
+        for handler in list(library_log.handlers):
+            if type(handler) is logging.StreamHandler:
+                library_log.removeHandler(handler)
+        library_log.propagate = True
+
+
 def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
@@ -53,6 +66,7 @@ def run_training(cfg: DictConfig) -> float | None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from lmforge.train import train
 
+        _route_library_logs()
         return train(cfg, ckpt_path=ckpt_path)
 
 
@@ -62,6 +76,7 @@ def run_evaluation(cfg: DictConfig) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from lmforge.evaluate import evaluate
 
+        _route_library_logs()
         evaluate(cfg)
 
 
