@@ -105,7 +105,6 @@ def tiny_overrides(tiny_model: Path, tiny_data: Path) -> list[str]:
     return [
         f"model.pretrained={tiny_model}",
         f"data.train_file={tiny_data / 'train.csv'}",
-        "data.max_length=32",
         "data.batch_size=16",
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
@@ -135,3 +134,63 @@ def make_cfg(tmp_path, tiny_model, tiny_data):
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
+
+
+ENTITY_WORDS = {"LANG": ["Python", "Perl", "Rust"], "OS": ["Linux", "Windows"]}
+
+
+def make_conll_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Sentences of (word, IOB2 tag) with LANG and OS entities in simple contexts."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.sample(FILLER.split(), 3)]
+        kind = rng.choice(list(ENTITY_WORDS))
+        words.append(("written in" if kind == "LANG" else "runs on", "O"))
+        words.append((rng.choice(ENTITY_WORDS[kind]), f"B-{kind}"))
+        if kind == "OS" and rng.random() < 0.5:
+            words.append(("kernel", f"I-{kind}"))
+        words.append((".", "O"))
+        flat = []
+        for word, tag in words:
+            parts = word.split()
+            flat.append((parts[0], tag))
+            flat.extend((p, "O") for p in parts[1:])
+        sentences.append(flat)
+    return sentences
+
+
+def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["-DOCSTART- O", ""]
+    for sentence in sentences:
+        lines += [f"{w}\t{t}" for w, t in sentence] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ner(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_ner")
+    write_conll(root / "train.conll", make_conll_sentences(80, 1))
+    write_conll(root / "validation.conll", make_conll_sentences(20, 2))
+    write_conll(root / "test.conll", make_conll_sentences(20, 3))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    """train.txt / validation.txt / test.txt: one short document per line."""
+    root = tmp_path_factory.mktemp("tiny_text")
+    for split, n, seed in (("train", 120, 1), ("validation", 20, 2), ("test", 20, 3)):
+        docs = [r["text"] for r in make_rows(n, seed)]
+        (root / f"{split}.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
+    return root
+
+
+TINY_GPT2 = [
+    "model.from_config.n_layer=2",
+    "model.from_config.n_embd=32",
+    "model.from_config.n_head=2",
+    "model.from_config.n_positions=64",
+]

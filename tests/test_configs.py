@@ -88,10 +88,12 @@ def test_documented_keys_exist():
         assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
 
 
-@pytest.mark.parametrize("group", ["data", "model"])
-def test_no_config_key_goes_unread(group):
-    """Every key of the data and model configs is a parameter of the class it builds."""
-    cfg = compose_config([])
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in ("data", "model") for o in options(g)]
+)
+def test_no_config_key_goes_unread(group, option):
+    """Every key of every data and model config is a parameter of the class it builds."""
+    cfg = compose_config([f"{group}={option}"])
     node = cfg[group]
     target = get_object(node._target_)
     accepted = set()

@@ -42,9 +42,15 @@ def _positive(cfg: DictConfig, key: str, problems: list[str], allow_none: bool =
 def validate_training_config(cfg: DictConfig) -> None:
     """Raise one LmforgeError listing every impossible value of a training config."""
     problems: list[str] = []
-    for key in ("optimizer.lr", "data.batch_size", "data.eval_batch_size", "data.max_length"):
+    for key in ("optimizer.lr", "data.batch_size", "data.eval_batch_size"):
         _positive(cfg, key, problems, allow_none=False)
-    for key in ("data.max_train_samples", "data.max_eval_samples", "data.max_test_samples"):
+    for key in (
+        "data.max_length",  # not every task has it: language modelling uses block_size
+        "data.block_size",
+        "data.max_train_samples",
+        "data.max_eval_samples",
+        "data.max_test_samples",
+    ):
         _positive(cfg, key, problems)
     weight_decay = _select(cfg, "optimizer.weight_decay")
     if weight_decay is not None and weight_decay < 0:
@@ -81,7 +87,10 @@ def validate_training_config(cfg: DictConfig) -> None:
     mode = _select(cfg, "optimized_mode")
     if mode not in ("min", "max"):
         problems.append(f"optimized_mode must be 'min' or 'max', got {mode!r}.")
-    if not _select(cfg, "model.pretrained"):
-        problems.append("model.pretrained must name a hub model or a local model folder.")
+    if not _select(cfg, "model.pretrained") and not _select(cfg, "model.from_config"):
+        problems.append(
+            "model.pretrained must name a hub model or a local model folder (or set "
+            "model.from_config to train from scratch)."
+        )
     if problems:
         raise LmforgeError("Invalid config: " + " ".join(problems))

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.json"
+BEFORE_FILE = "before_training.json"
 TOKENIZER_DIR = "tokenizer"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 

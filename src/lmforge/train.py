@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -20,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from lmforge.callbacks import RandomState, TrainThroughput
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
-from lmforge.rundir import LABELS_FILE, METRICS_FILE, TOKENIZER_DIR, record_config, write_json
+from lmforge.rundir import (
+    BEFORE_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    TOKENIZER_DIR,
+    record_config,
+    write_json,
+)
 from lmforge.tasks import TaskModule
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,7 @@ def train(
     _record_start(cfg, run_dir, datamodule)
 
     resumed = _resume_point(ckpt_path)
+    before = _evaluate_before(cfg, run_dir, module, datamodule) if cfg.evaluate_before else None
     samples_per_second = None
     progress = {"epochs_completed": 0, "global_step": 0}
     if cfg.train:
@@ -71,6 +80,7 @@ def train(
     metrics = {
         "task": module.task_name,
         "test": test_metrics,
+        "before_training": before,
         "best_validation": best,
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
@@ -168,16 +178,55 @@ def _test(
     if cfg.train and not best:
         log.warning("No best checkpoint was saved; testing the final weights.")
     if trainer.world_size > 1:
-        trainer = instantiate(
-            cfg.trainer,
-            devices=1,
-            num_nodes=1,
-            strategy="auto",
-            callbacks=[],
-            logger=trainer.loggers or False,
-        )
+        trainer = _single_process_trainer(cfg, trainer.loggers)
     results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     return {k: _scalar(v) for k, v in (results[0] if results else {}).items()}
+
+
+def _single_process_trainer(cfg: DictConfig, loggers: list | None = None) -> pl.Trainer:
+    """A one-device trainer of the run's kind, for evaluations outside `fit`."""
+    return instantiate(
+        cfg.trainer,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        callbacks=[],
+        logger=loggers or False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def _evaluate_before(
+    cfg: DictConfig, run_dir: Path, module: TaskModule, datamodule: TextDataModule
+) -> dict[str, Any]:
+    """Test the untouched starting model, so the gain of fine-tuning is one number away.
+
+    Written to before_training.json at once, so a resumed run keeps the first measurement.
+    """
+    path = run_dir / BEFORE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    # A shallow copy of the datamodule takes the evaluation trainer's references, which a
+    # spawned DDP fit could not unpickle; splits and tokenizer are shared, not copied.
+    results = _single_process_trainer(cfg).test(
+        module, datamodule=copy.copy(datamodule), verbose=False
+    )
+    start = dict(module.start)
+    fresh = start.get("fresh") or bool(start.get("newly_initialised"))
+    record = {
+        "test": {k: _scalar(v) for k, v in (results[0] if results else {}).items()},
+        "start": start,
+        "note": (
+            "Parts of the starting model are randomly initialised, so it scores near chance "
+            "and beating it proves little; compare with real baselines."
+            if fresh
+            else "The starting model is fully pretrained: this is a real before/after comparison."
+        ),
+    }
+    write_json(run_dir, BEFORE_FILE, record)
+    log.info("Before training: %s", json.dumps(record["test"]))
+    return record
 
 
 def _best_validation(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | None:

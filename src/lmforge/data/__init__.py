@@ -1,6 +1,13 @@
 """Data sources, the shared datamodule and the task datamodules."""
 
 from lmforge.data.datamodule import TextDataModule
+from lmforge.data.language_modeling import LanguageModelingDataModule
 from lmforge.data.text_classification import TextClassificationDataModule
+from lmforge.data.token_classification import TokenClassificationDataModule
 
-__all__ = ["TextClassificationDataModule", "TextDataModule"]
+__all__ = [
+    "LanguageModelingDataModule",
+    "TextClassificationDataModule",
+    "TextDataModule",
+    "TokenClassificationDataModule",
+]

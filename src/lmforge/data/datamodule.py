@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lmforge.data.sampler import SeededBatchSampler
-from lmforge.data.sources import check_file, file_fingerprint, load_splits, require_source
+from lmforge.data.sources import (
+    FORMATS,
+    check_file,
+    file_fingerprint,
+    load_file,
+    load_splits,
+    require_source,
+)
 from lmforge.errors import LmforgeError
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,17 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             f"model.tokenizer={name_or_path!r} could not be loaded as a tokenizer (expected a hub "
             f"name or a folder with tokenizer files): {err}"
         ) from err
+
+
+def load_tokenizer_for_batching(name_or_path: str) -> PreTrainedTokenizerBase:
+    """A tokenizer that can pad: GPT-style tokenizers without a pad token pad with EOS."""
+    tokenizer = load_tokenizer(name_or_path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info(
+            "The tokenizer has no pad token; padding with its EOS token %r.", tokenizer.eos_token
+        )
+    return tokenizer
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -67,6 +85,8 @@ class TextDataModule(pl.LightningDataModule):
     """
 
     stratify_column: str | None = None
+    # Local file endings this datamodule reads (see `read_file`).
+    supported_suffixes: tuple[str, ...] = tuple(FORMATS)
 
     def __init__(
         self,
@@ -141,10 +161,22 @@ class TextDataModule(pl.LightningDataModule):
         """The function that pads a list of examples into a batch."""
         raise NotImplementedError
 
+    def eval_collator(self):
+        """The collator of validation/test batches (the training one unless overridden)."""
+        return self.build_collator()
+
+    def read_file(self, path: str, key: str) -> datasets.Dataset:
+        """Read one local data file (`key` names it in errors); override for other formats."""
+        return load_file(path, key)
+
+    def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """A last, cached step per split (e.g. fixed masking of evaluation data)."""
+        return dataset
+
     # ----- preparation ------------------------------------------------------------------------
     def _ensure_tokenizer(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
+            self.tokenizer = load_tokenizer_for_batching(self.tokenizer_name)
         return self.tokenizer
 
     def _resolve_cache_path(self) -> Path:
@@ -166,11 +198,11 @@ class TextDataModule(pl.LightningDataModule):
     def _source_fingerprints(self) -> dict[str, str]:
         """Identify the raw data: local files by content, hub data by its loaded fingerprint."""
         if self.sources["dataset_name"]:
-            self._raw, fingerprints = load_splits(**self.sources)
+            self._raw, fingerprints = load_splits(**self.sources, reader=self.read_file)
             return fingerprints
         require_source(self.sources["train_file"], None)
         return {
-            split: file_fingerprint(check_file(path, f"data.{split}_file"))
+            split: file_fingerprint(check_file(path, f"data.{split}_file", self.supported_suffixes))
             for split in SPLITS
             if (path := self.sources[f"{split}_file"])
         }
@@ -183,7 +215,7 @@ class TextDataModule(pl.LightningDataModule):
             log.info("Tokenized data: cache hit at %s", cache_path)
             return
         self.cache_hit = False
-        raw = self._raw or load_splits(**self.sources)[0]
+        raw = self._raw or load_splits(**self.sources, reader=self.read_file)[0]
         raw, meta = self.encode_targets(raw)
         raw, carved = self._carve_missing_splits(raw)
         meta["carved_splits"] = carved
@@ -201,7 +233,9 @@ class TextDataModule(pl.LightningDataModule):
                 "examples": len(tokenized[split]),
                 "truncated": int(sum(tokenized[split]["truncated"])),
             }
-            tokenized[split] = tokenized[split].remove_columns("truncated")
+            tokenized[split] = self.after_tokenize(
+                split, tokenized[split].remove_columns("truncated")
+            )
         meta["stats"] = stats
         # Write to a temporary folder and rename, so a crash or a concurrent run never leaves a
         # half-written cache entry that a later run would trust.
@@ -323,7 +357,7 @@ class TextDataModule(pl.LightningDataModule):
         return DataLoader(
             self.splits[split],
             batch_sampler=sampler,
-            collate_fn=self.build_collator(),
+            collate_fn=self.build_collator() if train else self.eval_collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import datasets
@@ -53,16 +54,16 @@ def _require_utf8(file: Path, key: str, path: str) -> None:
             line += block.count(b"\n")
 
 
-def check_file(path: str, key: str) -> Path:
+def check_file(path: str, key: str, suffixes: Iterable[str] = tuple(FORMATS)) -> Path:
     """Fail clearly unless `path` is a non-empty UTF-8 file of a supported type."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise LmforgeError(f"{key}={path!r}: no such file (looked for {file.resolve()}).")
     suffix = file.suffix.lower()
-    if suffix not in FORMATS:
+    if suffix not in suffixes:
         raise LmforgeError(
             f"{key}={path!r}: unsupported file type {suffix!r}; expected one of "
-            f"{', '.join(FORMATS)}."
+            f"{', '.join(suffixes)}."
         )
     if file.stat().st_size == 0:
         raise LmforgeError(f"{key}={path!r}: the file is empty.")
@@ -99,8 +100,14 @@ def load_splits(
     test_file: str | None,
     dataset_name: str | None,
     dataset_config: str | None,
+    reader: Callable[[str, str], datasets.Dataset] | None = None,
 ) -> tuple[datasets.DatasetDict, dict[str, str]]:
-    """The raw splits and a fingerprint per split (file content hash or the hub's fingerprint)."""
+    """The raw splits and a fingerprint per split (file content hash or the hub's fingerprint).
+
+    `reader(path, key)` reads one local file (default: `load_file`); task datamodules pass
+    their own for formats such as CoNLL.
+    """
+    reader = reader or load_file
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     if dataset_name:
         if train_file:
@@ -119,7 +126,7 @@ def load_splits(
         # Local files may still replace single hub splits (e.g. a private test set).
         for split, path in files.items():
             if path:
-                splits[split] = load_file(path, f"data.{split}_file")
+                splits[split] = reader(path, f"data.{split}_file")
         if "train" not in splits:
             raise LmforgeError(
                 f"data.dataset_name={dataset_name!r} has no train split (found: "
@@ -131,7 +138,7 @@ def load_splits(
     splits, fingerprints = {}, {}
     for split, path in files.items():
         if path:
-            splits[split] = load_file(path, f"data.{split}_file")
+            splits[split] = reader(path, f"data.{split}_file")
             fingerprints[split] = file_fingerprint(path)
             log.info("%s split: %s (%d rows)", split, path, len(splits[split]))
     return datasets.DatasetDict(splits), fingerprints

@@ -33,6 +33,8 @@ class TaskModule(pl.LightningModule):
         optimizer: a partial optimizer (`torch.optim.AdamW(lr=...)` minus the parameters).
         scheduler: a partial `lmforge.optim.build_scheduler`, or None for a constant lr.
         config_overrides: fields set on the pretrained model's config before loading.
+        from_config: build a randomly initialised model from these config fields (with
+            `model_type`) instead of loading `pretrained`: training from scratch.
         hf_config: the model's full config as saved in a checkpoint; when given, the model is
             built from it with fresh weights (the checkpoint's state dict fills them), so
             loading a checkpoint needs neither the hub nor the original folder.
@@ -42,11 +44,12 @@ class TaskModule(pl.LightningModule):
 
     def __init__(
         self,
-        pretrained: str,
+        pretrained: str | None,
         tokenizer: str | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         config_overrides: dict[str, Any] | None = None,
+        from_config: dict[str, Any] | None = None,
         hf_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -54,6 +57,8 @@ class TaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._hf_config = hf_config
+        # What the model starts from, for before/after records: set by load_pretrained.
+        self.start: dict[str, Any] = {}
         self.model: PreTrainedModel = self.build_model()
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
@@ -91,8 +96,22 @@ class TaskModule(pl.LightningModule):
         """Load `pretrained` through `auto_class`, or rebuild it from a checkpoint's config."""
         if self._hf_config is not None:
             config = AutoConfig.for_model(**{**self._hf_config, **config_fields})
+            self.start = {"from": "checkpoint"}
+            return auto_class.from_config(config)
+        from_config = self.hparams.get("from_config")
+        if from_config:
+            fields = {**from_config, **(self.hparams.config_overrides or {}), **config_fields}
+            if "model_type" not in fields:
+                raise LmforgeError("model.from_config needs a model_type (e.g. gpt2).")
+            try:
+                config = AutoConfig.for_model(**fields)
+            except Exception as err:
+                raise LmforgeError(f"model.from_config could not build a config: {err}") from err
+            self.start = {"from": "random initialisation (model.from_config)", "fresh": True}
             return auto_class.from_config(config)
         name = self.hparams.pretrained
+        if not name:
+            raise LmforgeError("Set model.pretrained (hub name or folder) or model.from_config.")
         overrides = dict(self.hparams.config_overrides or {})
         try:
             config: PretrainedConfig = AutoConfig.from_pretrained(name)
@@ -109,11 +128,28 @@ class TaskModule(pl.LightningModule):
                 )
             setattr(config, key, value)
         try:
-            return auto_class.from_pretrained(name, config=config)
+            model, info = auto_class.from_pretrained(name, config=config, output_loading_info=True)
         except Exception as err:
             raise LmforgeError(
                 f"model.pretrained={name!r} could not be loaded as {auto_class.__name__}: {err}"
             ) from err
+        missing = sorted(info.get("missing_keys", []))
+        self.start = {"from": f"pretrained {name}", "newly_initialised": missing}
+        if missing:
+            log.info("Newly initialised (not in %s): %s", name, ", ".join(missing))
+        return model
+
+    @staticmethod
+    def label_fields(label_names: list[str], classifier_dropout: float | None) -> dict[str, Any]:
+        """Config fields of a classification-style head over `label_names`."""
+        fields: dict[str, Any] = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)},
+        }
+        if classifier_dropout is not None:
+            fields["classifier_dropout"] = classifier_dropout
+        return fields
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lmforge"] = {"task": self.task_name, "hf_config": self.model.config.to_dict()}

@@ -47,16 +47,10 @@ class TextClassificationModule(TaskModule):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
-        fields: dict[str, Any] = {
-            "num_labels": len(self.label_names),
-            "id2label": dict(enumerate(self.label_names)),
-            "label2id": {name: i for i, name in enumerate(self.label_names)},
-            "problem_type": (
-                "multi_label_classification" if self.multi_label else "single_label_classification"
-            ),
-        }
-        if self.classifier_dropout is not None:
-            fields["classifier_dropout"] = self.classifier_dropout
+        fields = self.label_fields(self.label_names, self.classifier_dropout)
+        fields["problem_type"] = (
+            "multi_label_classification" if self.multi_label else "single_label_classification"
+        )
         return self.load_pretrained(AutoModelForSequenceClassification, **fields)
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:

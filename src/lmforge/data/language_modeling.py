@@ -1,0 +1,254 @@
+"""Data for causal (GPT-style) and masked (BERT-style) language modelling."""
+
+from __future__ import annotations
+
+import logging
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from lmforge.data.datamodule import TextDataModule
+from lmforge.data.sources import FORMATS, check_file, load_file, require_columns
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+OBJECTIVES = ("causal", "masked")
+MODES = ("group", "truncate")
+
+
+def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token placed between documents: EOS where the tokenizer has one, else SEP.
+
+    WordPiece (BERT-style) vocabularies have no end-of-text token; their [SEP] marks the end of
+    a segment and plays that role.
+    """
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return token_id
+    raise LmforgeError(
+        f"The tokenizer {tokenizer.name_or_path!r} has neither an end-of-text (EOS) nor a "
+        "separator (SEP) token to put between documents."
+    )
+
+
+def group_blocks(sequences: list[list[int]], block_size: int) -> list[list[int]]:
+    """Concatenate token sequences and cut them into blocks of `block_size`; the remainder
+    shorter than a block is dropped."""
+    joined = list(chain.from_iterable(sequences))
+    usable = (len(joined) // block_size) * block_size
+    return [joined[i : i + block_size] for i in range(0, usable, block_size)]
+
+
+class CausalCollator:
+    """Pads a batch; labels are the input ids with padding set to -100 (the model shifts)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids[row, :n] = torch.tensor(example["input_ids"])
+            mask[row, :n] = 1
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PreMaskedCollator:
+    """Pads evaluation batches whose masking was fixed at preprocessing (seeded)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        batch = {
+            "input_ids": torch.full((len(examples), width), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
+            "labels": torch.full((len(examples), width), IGNORE, dtype=torch.long),
+        }
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            batch["input_ids"][row, :n] = torch.tensor(example["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            batch["labels"][row, :n] = torch.tensor(example["labels"])
+        return batch
+
+
+class LanguageModelingDataModule(TextDataModule):
+    """Plain text for causal or masked language modelling.
+
+    Sources: `.txt` files (one document per line, or one per file with
+    `text_file_mode=document`) or a text column of any supported file or hub data set.
+    `mode=group` concatenates documents (separated by EOS, or SEP for WordPiece tokenizers)
+    and cuts blocks of `block_size` tokens; `mode=truncate` keeps one document per example,
+    cut at `block_size`, with padding left out of the loss. Masked LM masks `mlm_probability`
+    of the tokens (whole words with `whole_word_mask`): training batches anew every time,
+    validation and test once, with `seed`, so evaluation is the same across runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        objective: str = "causal",
+        text_column: str = "text",
+        text_file_mode: str = "line",
+        mode: str = "group",
+        block_size: int = 128,
+        mlm_probability: float = 0.15,
+        whole_word_mask: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("max_length", block_size)
+        super().__init__(**kwargs)
+        if objective not in OBJECTIVES:
+            raise LmforgeError(f"data.objective={objective!r}; expected one of {OBJECTIVES}.")
+        if mode not in MODES:
+            raise LmforgeError(f"data.mode={mode!r}; expected one of {MODES}.")
+        if text_file_mode not in ("line", "document", "paragraph"):
+            raise LmforgeError(
+                f"data.text_file_mode={text_file_mode!r}; expected line, paragraph or document."
+            )
+        if not 0 < mlm_probability < 1:
+            raise LmforgeError(f"data.mlm_probability must be in (0, 1), got {mlm_probability}.")
+        self.objective = objective
+        self.text_column = text_column
+        self.text_file_mode = text_file_mode
+        self.mode = mode
+        self.block_size = block_size
+        self.max_length = block_size
+        self.mlm_probability = mlm_probability
+        self.whole_word_mask = whole_word_mask
+
+    def preprocessing_settings(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "text_column": self.text_column,
+            "text_file_mode": self.text_file_mode,
+            "mode": self.mode,
+            "block_size": self.block_size,
+            "mlm_probability": self.mlm_probability if self.objective == "masked" else None,
+            "whole_word_mask": self.whole_word_mask if self.objective == "masked" else None,
+            "seed": self.seed if self.objective == "masked" else None,
+        }
+
+    def read_file(self, path: str, key: str) -> datasets.Dataset:
+        if Path(path).suffix.lower() != ".txt":
+            return load_file(path, key)
+        file = check_file(path, key, tuple(FORMATS))
+        dataset = datasets.load_dataset(
+            "text", data_files=str(file), split="train", sample_by=self.text_file_mode
+        )
+        self.text_column = "text"
+        dataset = dataset.filter(lambda row: bool(row["text"].strip()))
+        if len(dataset) == 0:
+            raise LmforgeError(f"{key}={path!r}: the file holds no text.")
+        return dataset
+
+    def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
+        for split, dataset in raw.items():
+            require_columns(dataset, {"text_column": self.text_column}, split)
+            keep = [c for c in dataset.column_names if c != self.text_column]
+            raw[split] = dataset.remove_columns(keep).filter(
+                lambda row: (
+                    row[self.text_column] is not None and bool(str(row[self.text_column]).strip())
+                )
+            )
+            if len(raw[split]) == 0:
+                raise LmforgeError(f"The {split} split has no non-empty text.")
+        return raw, {"objective": self.objective, "mode": self.mode}
+
+    def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        tokenizer = self.tokenizer
+        texts = [str(t) for t in batch[self.text_column]]
+        masked = self.objective == "masked"
+        wants_offsets = masked and self.whole_word_mask
+        if self.mode == "truncate":
+            encoded = tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.block_size,
+                return_special_tokens_mask=masked,
+                return_offsets_mapping=wants_offsets,
+            )
+            out = {"input_ids": encoded["input_ids"]}
+            if masked:
+                out["special_tokens_mask"] = encoded["special_tokens_mask"]
+            if wants_offsets:
+                out["offset_mapping"] = [
+                    [list(o) for o in row] for row in encoded["offset_mapping"]
+                ]
+            out["_truncated"] = [bool(e.overflowing) for e in encoded.encodings]
+            return out
+        # group: whole documents, joined with a separator (masked LM keeps [CLS] ... [SEP])
+        encoded = tokenizer(
+            texts,
+            add_special_tokens=masked,
+            return_special_tokens_mask=masked,
+            verbose=False,
+            return_offsets_mapping=wants_offsets,
+        )
+        ids = [list(row) for row in encoded["input_ids"]]
+        if not masked:
+            separator = document_separator(tokenizer)
+            ids = [[*row, separator] for row in ids]
+        out = {"input_ids": group_blocks(ids, self.block_size)}
+        if masked:
+            out["special_tokens_mask"] = group_blocks(
+                encoded["special_tokens_mask"], self.block_size
+            )
+        if wants_offsets:
+            offsets = [[list(o) for o in row] for row in encoded["offset_mapping"]]
+            out["offset_mapping"] = group_blocks(offsets, self.block_size)
+        out["_truncated"] = [False] * len(out["input_ids"])
+        return out
+
+    def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """Mask validation and test once, with the run's seed (masked LM only)."""
+        if self.objective != "masked" or split == "train":
+            return dataset
+        collator = self._masking_collator()
+        collator.generator = torch.Generator().manual_seed(self.seed)
+
+        def mask(row: dict[str, Any]) -> dict[str, Any]:
+            inputs = torch.tensor([row["input_ids"]])
+            special = torch.tensor([row["special_tokens_mask"]], dtype=torch.bool)
+            offsets = torch.tensor([row["offset_mapping"]]) if self.whole_word_mask else None
+            masked, labels = collator.torch_mask_tokens(inputs, special, offsets)
+            return {"input_ids": masked[0].tolist(), "labels": labels[0].tolist()}
+
+        dataset = dataset.map(mask, desc=f"Masking {split} (seed {self.seed})")
+        drop = [c for c in ("special_tokens_mask", "offset_mapping") if c in dataset.column_names]
+        return dataset.remove_columns(drop)
+
+    def _masking_collator(self) -> DataCollatorForLanguageModeling:
+        if self.tokenizer.mask_token is None:
+            raise LmforgeError(
+                f"model.tokenizer={self.tokenizer_name!r} has no mask token, so it cannot be "
+                "used for masked language modelling."
+            )
+        return DataCollatorForLanguageModeling(
+            self.tokenizer,
+            mlm=True,
+            mlm_probability=self.mlm_probability,
+            whole_word_mask=self.whole_word_mask,
+        )
+
+    def build_collator(self):
+        if self.objective == "causal":
+            return CausalCollator(self._ensure_tokenizer())
+        return self._masking_collator()
+
+    def eval_collator(self):
+        if self.objective == "causal":
+            return CausalCollator(self._ensure_tokenizer())
+        return PreMaskedCollator(self._ensure_tokenizer())

@@ -1,0 +1,255 @@
+"""Data for token classification (named-entity recognition): CoNLL files, JSON, hub data."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import DataCollatorForTokenClassification
+
+from lmforge.data.datamodule import TextDataModule
+from lmforge.data.sources import FORMATS, check_file, load_file, require_columns
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob2", ".bio", ".txt")
+# Tag prefixes each scheme allows besides "O".
+SCHEME_PREFIXES = {"IOB1": ("B", "I"), "IOB2": ("B", "I"), "IOBES": ("B", "I", "E", "S")}
+IGNORE = -100
+
+
+def check_tag(tag: str, scheme: str) -> bool:
+    """Whether `tag` is "O" or `<prefix>-<type>` with a prefix of `scheme`."""
+    if tag == "O":
+        return True
+    match = re.fullmatch(r"([A-Z])-(.+)", tag)
+    return bool(match) and match.group(1) in SCHEME_PREFIXES[scheme]
+
+
+def read_conll(
+    path: str, key: str, token_index: int = 0, tag_index: int = -1, scheme: str | None = None
+) -> datasets.Dataset:
+    """Read a CoNLL-style file: one token per line, columns split on whitespace, a blank line
+    between sentences, `-DOCSTART-` lines skipped. Every line must have as many columns as the
+    first one; with `scheme`, every tag must belong to it. Errors name the file and line.
+    """
+    file = check_file(path, key, CONLL_SUFFIXES)
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    expected: int | None = None
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                if tokens:
+                    sentences.append((tokens, tags))
+                tokens, tags = [], []
+                continue
+            if fields[0] == "-DOCSTART-":
+                continue
+            if expected is None:
+                expected = len(fields)
+                if expected < 2:
+                    raise LmforgeError(
+                        f"{key}={path!r} line {number}: {line.strip()!r} has 1 column; a CoNLL "
+                        "file needs a token and a tag per line."
+                    )
+            if len(fields) != expected:
+                raise LmforgeError(
+                    f"{key}={path!r} line {number}: {len(fields)} columns, expected {expected} "
+                    f"like the first token line ({line.strip()!r})."
+                )
+            tag = fields[tag_index]
+            if scheme and not check_tag(tag, scheme):
+                prefixes = ", ".join(f"{p}-<type>" for p in SCHEME_PREFIXES[scheme])
+                raise LmforgeError(
+                    f"{key}={path!r} line {number}: tag {tag!r} is not a {scheme} tag "
+                    f"(expected O, {prefixes}; set data.tag_scheme if the file uses another)."
+                )
+            tokens.append(fields[token_index])
+            tags.append(tag)
+    if tokens:
+        sentences.append((tokens, tags))
+    if not sentences:
+        raise LmforgeError(f"{key}={path!r}: the file holds no sentences.")
+    return datasets.Dataset.from_dict(
+        {"tokens": [s[0] for s in sentences], "tags": [s[1] for s in sentences]}
+    )
+
+
+def align_labels(
+    word_ids: list[int | None],
+    word_labels: list[int],
+    label_all_subwords: bool,
+    inside_of: dict[int, int],
+) -> list[int]:
+    """One label per subword: the word's label on its first subword; later subwords get
+    IGNORE, or (with `label_all_subwords`) the word's label with B- turned into I-."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None:
+            labels.append(IGNORE)
+        elif word != previous:
+            labels.append(word_labels[word])
+        elif label_all_subwords:
+            labels.append(inside_of.get(word_labels[word], word_labels[word]))
+        else:
+            labels.append(IGNORE)
+        previous = word
+    return labels
+
+
+class TokenClassificationDataModule(TextDataModule):
+    """Sentences as word lists with one tag per word (IOB1, IOB2/BIO or IOBES).
+
+    Tag names come from `label_names` or the training split ("O" first, then sorted by entity
+    type). Words are split into subwords with a fast tokenizer; the first subword carries the
+    word's tag (or every subword, with `label_all_subwords`).
+    """
+
+    supported_suffixes = (*FORMATS, *CONLL_SUFFIXES)
+
+    def __init__(
+        self,
+        *,
+        token_column: str = "tokens",
+        tag_column: str = "tags",
+        label_names: list[str] | None = None,
+        tag_scheme: str = "IOB2",
+        label_all_subwords: bool = False,
+        conll_token_index: int = 0,
+        conll_tag_index: int = -1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if tag_scheme not in SCHEME_PREFIXES:
+            raise LmforgeError(
+                f"data.tag_scheme={tag_scheme!r}; expected one of {', '.join(SCHEME_PREFIXES)}."
+            )
+        self.token_column = token_column
+        self.tag_column = tag_column
+        self.configured_label_names = list(label_names) if label_names else None
+        self.tag_scheme = tag_scheme
+        self.label_all_subwords = label_all_subwords
+        self.conll_token_index = conll_token_index
+        self.conll_tag_index = conll_tag_index
+        self._inside_of: dict[int, int] = {}
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.meta["label_names"]
+
+    def preprocessing_settings(self) -> dict[str, Any]:
+        return {
+            **super().preprocessing_settings(),
+            "token_column": self.token_column,
+            "tag_column": self.tag_column,
+            "label_names": self.configured_label_names,
+            "tag_scheme": self.tag_scheme,
+            "label_all_subwords": self.label_all_subwords,
+            "conll": [self.conll_token_index, self.conll_tag_index],
+        }
+
+    def read_file(self, path: str, key: str) -> datasets.Dataset:
+        if Path(path).suffix.lower() in CONLL_SUFFIXES:
+            dataset = read_conll(
+                path, key, self.conll_token_index, self.conll_tag_index, self.tag_scheme
+            )
+            # CoNLL columns are always read as tokens/tags.
+            self.token_column, self.tag_column = "tokens", "tags"
+            return dataset
+        return load_file(path, key)
+
+    def _names_of(self, dataset: datasets.Dataset) -> list[str] | None:
+        feature = dataset.features[self.tag_column]
+        inner = getattr(feature, "feature", None)
+        if isinstance(inner, datasets.ClassLabel):
+            return list(inner.names)
+        return None
+
+    def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
+        columns = {"token_column": self.token_column, "tag_column": self.tag_column}
+        for split, dataset in raw.items():
+            require_columns(dataset, columns, split)
+        class_names = self._names_of(raw["train"])
+        if self.configured_label_names:
+            names = self.configured_label_names
+        elif class_names:
+            names = class_names
+        else:
+            found = {t for row in raw["train"][self.tag_column] for t in row}
+            names = ["O", *sorted(found - {"O"}, key=lambda t: (t[2:], t[:1]))]
+        index = {name: i for i, name in enumerate(names)}
+        # B-X -> I-X, for later subwords of a word when every subword is labelled.
+        self._inside_of = {
+            i: index[f"I-{n[2:]}"]
+            for n, i in index.items()
+            if n.startswith("B-") and f"I-{n[2:]}" in index
+        }
+        encoded, counts = {}, {}
+        for split, dataset in raw.items():
+            split_names = self._names_of(dataset)
+            rows = dataset[self.tag_column]
+            if split_names:
+                rows = [[split_names[t] for t in row] for row in rows]
+            for number, (words, tags) in enumerate(
+                zip(dataset[self.token_column], rows, strict=True), start=1
+            ):
+                if len(words) != len(tags):
+                    raise LmforgeError(
+                        f"The {split} split, sentence {number}: {len(words)} tokens but "
+                        f"{len(tags)} tags in columns {self.token_column!r}/{self.tag_column!r}."
+                    )
+                for tag in tags:
+                    if tag not in index:
+                        raise LmforgeError(
+                            f"The {split} split, sentence {number}: tag {tag!r} is not among "
+                            f"the training tags ({', '.join(names)})."
+                        )
+                    if not check_tag(tag, self.tag_scheme):
+                        raise LmforgeError(
+                            f"The {split} split, sentence {number}: tag {tag!r} is not a "
+                            f"{self.tag_scheme} tag (set data.tag_scheme)."
+                        )
+            ids = [[index[t] for t in row] for row in rows]
+            entities = sum(1 for row in rows for t in row if t[:1] in ("B", "S"))
+            counts[split] = {"sentences": len(ids), "entities": entities}
+            dataset = dataset.remove_columns(self.tag_column)
+            encoded[split] = dataset.add_column("word_labels", ids)
+        log.info("Tagged sentences per split: %s", counts)
+        return datasets.DatasetDict(encoded), {
+            "label_names": names,
+            "tag_scheme": self.tag_scheme,
+            "counts": counts,
+        }
+
+    def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        if not self.tokenizer.is_fast:
+            raise LmforgeError(
+                f"model.tokenizer={self.tokenizer_name!r} is not a fast tokenizer; token "
+                "classification needs one to map subwords back to words."
+            )
+        words = [[str(w) for w in row] for row in batch[self.token_column]]
+        encoded = self.tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=self.max_length
+        )
+        labels, truncated = [], []
+        for i, row_labels in enumerate(batch["word_labels"]):
+            word_ids = encoded.word_ids(i)
+            labels.append(
+                align_labels(word_ids, row_labels, self.label_all_subwords, self._inside_of)
+            )
+            last = max((w for w in word_ids if w is not None), default=-1)
+            truncated.append(last < len(row_labels) - 1)
+        out = dict(encoded)
+        out["labels"] = labels
+        out["_truncated"] = truncated
+        return out
+
+    def build_collator(self) -> DataCollatorForTokenClassification:
+        return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)

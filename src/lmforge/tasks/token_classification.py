@@ -1,0 +1,75 @@
+"""Token classification (named-entity recognition) over word-aligned subword labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from transformers import AutoModelForTokenClassification, PreTrainedModel
+
+from lmforge.tasks.base import TaskModule
+from lmforge.tasks.metrics import IGNORE, EntityScores
+
+
+class TokenClassificationModule(TaskModule):
+    """A pretrained encoder with a per-token tagging head over `label_names` (tags).
+
+    Metrics: entity-level `precision`, `recall`, `f1` (micro) and `f1_<TYPE>` as seqeval
+    computes them (conlleval-compatible by default, `strict` for exact IOB2/IOBES), and
+    `token_acc` over the labelled subwords.
+    """
+
+    task_name = "token_classification"
+
+    def __init__(
+        self,
+        pretrained: str | None,
+        label_names: list[str],
+        tokenizer: str | None = None,
+        tag_scheme: str = "IOB2",
+        strict: bool = False,
+        classifier_dropout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.label_names = list(label_names)
+        self.tag_scheme = tag_scheme
+        self.strict = strict
+        self.classifier_dropout = classifier_dropout
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
+
+    def build_model(self) -> PreTrainedModel:
+        fields = self.label_fields(self.label_names, self.classifier_dropout)
+        return self.load_pretrained(AutoModelForTokenClassification, **fields)
+
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits  # (batch, seq, num_tags)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        return loss, logits
+
+    def configure_metrics(self, stage: str) -> nn.Module:
+        if stage == "train":
+            return nn.ModuleDict()
+        return nn.ModuleDict(
+            {
+                "entities": EntityScores(self.label_names, self.strict, self.tag_scheme),
+                "token_acc": MulticlassAccuracy(
+                    num_classes=len(self.label_names), average="micro", ignore_index=IGNORE
+                ),
+            }
+        )
+
+    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+        predictions = outputs.argmax(dim=-1)  # (batch, seq)
+        metrics["entities"].update(predictions, batch["labels"])
+        metrics["token_acc"].update(predictions.flatten(), batch["labels"].flatten())
+
+    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+        values = dict(metrics["entities"].compute())
+        values["token_acc"] = metrics["token_acc"].compute()
+        for metric in metrics.values():
+            metric.reset()
+        return values

@@ -1,0 +1,175 @@
+"""NER: CoNLL parsing, subword alignment, entity metrics, an end-to-end tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lmforge.data import TokenClassificationDataModule
+from lmforge.data.token_classification import align_labels, read_conll
+from lmforge.errors import LmforgeError
+from lmforge.tasks.metrics import EntityScores
+from lmforge.train import train
+from tests.conftest import make_conll_sentences, write_conll
+
+
+def test_read_conll_skips_docstart_and_blank_runs(tmp_path):
+    path = tmp_path / "a.conll"
+    path.write_text("-DOCSTART- -X- O O\n\nEU NNP B-ORG\nrejects VBZ O\n\n\n\nPeter NNP B-PER\n")
+    dataset = read_conll(str(path), "data.train_file", scheme="IOB2")
+    assert dataset["tokens"] == [["EU", "rejects"], ["Peter"]]
+    assert dataset["tags"] == [["B-ORG", "O"], ["B-PER"]]
+
+
+def test_read_conll_column_choice(tmp_path):
+    path = tmp_path / "a.conll"
+    path.write_text("EU B-ORG NNP\nrejects O VBZ\n")
+    dataset = read_conll(str(path), "k", token_index=0, tag_index=1)
+    assert dataset["tags"] == [["B-ORG", "O"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "scheme", "expected"),
+    [
+        ("EU B-ORG\nrejects VBZ O\n", "IOB2", "line 2: 3 columns, expected 2"),
+        ("EU B-ORG\nrejects X-ORG\n", "IOB2", "line 2: tag 'X-ORG' is not a IOB2 tag"),
+        ("EU S-ORG\n", "IOB2", "line 1: tag 'S-ORG' is not a IOB2 tag"),
+        ("\n\n", "IOB2", "holds no sentences"),
+        ("EU\n", "IOB2", "line 1: 'EU' has 1 column"),
+    ],
+)
+def test_read_conll_errors_name_file_and_line(tmp_path, content, scheme, expected):
+    path = tmp_path / "bad.conll"
+    path.write_text(content)
+    with pytest.raises(LmforgeError, match=r"bad\.conll") as info:
+        read_conll(str(path), "data.train_file", scheme=scheme)
+    assert expected in str(info.value)
+
+
+def test_iobes_tags_are_accepted_under_iobes(tmp_path):
+    path = tmp_path / "e.conll"
+    path.write_text("New B-LOC\nYork E-LOC\nis O\nbig O\nParis S-LOC\n")
+    assert read_conll(str(path), "k", scheme="IOBES")["tags"][0][-1] == "S-LOC"
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = tmp_path / "empty.conll"
+    path.write_text("")
+    with pytest.raises(LmforgeError, match="empty"):
+        read_conll(str(path), "data.train_file")
+
+
+def test_alignment_on_a_hand_checked_example():
+    # [CLS] Py ##thon runs Linux ##ux [SEP]; words: Python=B-LANG(1) runs=O(0) Linux=B-OS(3)
+    word_ids = [None, 0, 0, 1, 2, 2, None]
+    word_labels = [1, 0, 3]
+    inside_of = {1: 2, 3: 4}  # B-LANG -> I-LANG, B-OS -> I-OS
+    assert align_labels(word_ids, word_labels, False, inside_of) == [
+        -100,
+        1,
+        -100,
+        0,
+        3,
+        -100,
+        -100,
+    ]
+    assert align_labels(word_ids, word_labels, True, inside_of) == [-100, 1, 2, 0, 3, 4, -100]
+
+
+def test_entity_metrics_match_hand_computed_values():
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    i = {n: k for k, n in enumerate(names)}
+
+    def ids(tags):
+        return torch.tensor([[i[t] for t in tags] + [-100] * (4 - len(tags))])
+
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "O", "O", "B-ORG"], ["I-ORG", "O"]]  # partial PER, wrong type, broken I-
+    labels = torch.cat([ids(t) for t in true])
+    predictions = torch.cat([ids(p) for p in pred]).clamp(min=0)
+
+    default = EntityScores(names)
+    default.update(predictions, labels)
+    values = default.compute()
+    # conlleval mode: the lone I-ORG opens an ORG entity, which matches -> 1 of 3 right
+    assert_close(values["precision"], torch.tensor(1 / 3))
+    assert_close(values["recall"], torch.tensor(1 / 3))
+    assert_close(values["f1"], torch.tensor(1 / 3))
+    assert_close(values["f1_ORG"], torch.tensor(2 / 3))  # P 1/2, R 1
+    assert_close(values["f1_PER"], torch.tensor(0.0))
+    assert_close(values["f1_LOC"], torch.tensor(0.0))
+
+    strict = EntityScores(names, strict=True, scheme="IOB2")
+    strict.update(predictions, labels)
+    values = strict.compute()
+    # strict IOB2: an I- without B- is no entity -> nothing right
+    assert_close(values["f1"], torch.tensor(0.0))
+    assert_close(values["precision"], torch.tensor(0.0))
+
+
+def build(tmp_path, tiny_model, **kwargs) -> TokenClassificationDataModule:
+    dm = TokenClassificationDataModule(
+        tokenizer=str(tiny_model), cache_dir=str(tmp_path / "cache"), max_length=32, **kwargs
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_datamodule_tags_and_truncation(tmp_path, tiny_model, tiny_ner):
+    long = [[(f"w{k}", "O") for k in range(40)] + [("Linux", "B-OS")]]
+    train = write_conll(tmp_path / "train.conll", make_conll_sentences(20, 0) + long)
+    dm = build(
+        tmp_path,
+        tiny_model,
+        train_file=str(train),
+        validation_file=str(tiny_ner / "validation.conll"),
+        test_file=str(tiny_ner / "test.conll"),
+    )
+    assert dm.label_names == ["O", "B-LANG", "B-OS", "I-OS"]  # O first, then by type
+    assert dm.meta["stats"]["train"]["truncated"] == 1
+    example = dm.splits["train"][0]
+    assert example["labels"][0] == -100  # [CLS]
+
+
+def test_json_rows_with_tag_outside_training(tmp_path, tiny_model):
+    rows = [{"words": ["Rust", "code"], "ner": ["B-LANG", "O"]}] * 10
+    test_rows = [{"words": ["Mars"], "ner": ["B-PLANET"]}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in test_rows))
+    with pytest.raises(LmforgeError, match="'B-PLANET' is not among the training tags"):
+        build(
+            tmp_path,
+            tiny_model,
+            train_file=str(tmp_path / "train.jsonl"),
+            test_file=str(tmp_path / "test.jsonl"),
+            token_column="words",
+            tag_column="ner",
+        )
+
+
+def test_ner_end_to_end(make_cfg, tmp_path, tiny_ner):
+    train(
+        make_cfg(
+            "experiment=debian_ner_minilm",
+            f"data.train_file={tiny_ner / 'train.conll'}",
+            "data.max_length=32",
+            "trainer.max_epochs=4",
+            "optimizer.lr=5e-3",
+        )
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {
+        "test/f1",
+        "test/precision",
+        "test/recall",
+        "test/f1_LANG",
+        "test/f1_OS",
+        "test/token_acc",
+    } <= set(metrics["test"])
+    before = metrics["before_training"]
+    assert "test/f1" in before["test"] and before["start"]["newly_initialised"]
+    assert metrics["test"]["test/token_acc"] > before["test"]["test/token_acc"]
