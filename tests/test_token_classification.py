@@ -12,6 +12,7 @@ from lmforge.data import TokenClassificationDataModule
 from lmforge.data.token_classification import align_labels, read_conll
 from lmforge.errors import LmforgeError
 from lmforge.tasks.metrics import EntityScores
+from lmforge.tasks.token_classification import entity_spans
 from lmforge.train import train
 from tests.conftest import make_conll_sentences, write_conll
 
@@ -129,7 +130,8 @@ def test_datamodule_tags_and_truncation(tmp_path, tiny_model, tiny_ner):
         validation_file=str(tiny_ner / "validation.conll"),
         test_file=str(tiny_ner / "test.conll"),
     )
-    assert dm.label_names == ["O", "B-LANG", "B-OS", "I-OS"]  # O first, then by type
+    # O first, then B-/I- of every type seen in training (I-LANG although training has none)
+    assert dm.label_names == ["O", "B-LANG", "I-LANG", "B-OS", "I-OS"]
     assert dm.meta["stats"]["train"]["truncated"] == 1
     example = dm.splits["train"][0]
     assert example["labels"][0] == -100  # [CLS]
@@ -173,3 +175,37 @@ def test_ner_end_to_end(make_cfg, tmp_path, tiny_ner):
     before = metrics["before_training"]
     assert "test/f1" in before["test"] and before["start"]["newly_initialised"]
     assert metrics["test"]["test/token_acc"] > before["test"]["test/token_acc"]
+
+
+def test_entity_spans_map_tags_back_to_words():
+    words = ["GNU", "Emacs", "runs", "on", "Linux", "and", "Mac", "OS", "X"]
+    tags = ["B-ORG", "O", "O", "O", "B-OS", "O", "B-OS", "I-OS", "I-OS"]
+    scores = [0.9, 0.1, 0.1, 0.1, 0.8, 0.1, 0.6, 0.9, 0.9]
+    spans = entity_spans(words, tags, scores)
+    assert [(s["type"], s["start"], s["end"], s["text"]) for s in spans] == [
+        ("ORG", 0, 0, "GNU"),
+        ("OS", 4, 4, "Linux"),
+        ("OS", 6, 8, "Mac OS X"),
+    ]
+    assert spans[2]["score"] == pytest.approx(0.8)
+
+
+def test_tag_words_returns_one_tag_per_word(make_cfg, tmp_path, tiny_ner):
+    from lmforge.checkpoints import load_task_module
+    from lmforge.data.datamodule import load_tokenizer
+
+    train(
+        make_cfg(
+            "experiment=debian_ner_minilm",
+            f"data.train_file={tiny_ner / 'train.conll'}",
+            "data.max_length=32",
+            "trainer.max_epochs=1",
+            "evaluate_before=false",
+        )
+    )
+    module = load_task_module(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    tokenizer = load_tokenizer(str(tmp_path / "run" / "tokenizer"))
+    words = ["written", "in", "Python", "for", "Windows"]
+    (result,) = module.eval().tag_words([words], tokenizer)
+    assert result["words"] == words and len(result["tags"]) == len(words)
+    assert all(tag in module.label_names for tag in result["tags"])

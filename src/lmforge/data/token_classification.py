@@ -107,9 +107,10 @@ def align_labels(
 class TokenClassificationDataModule(TextDataModule):
     """Sentences as word lists with one tag per word (IOB1, IOB2/BIO or IOBES).
 
-    Tag names come from `label_names` or the training split ("O" first, then sorted by entity
-    type). Words are split into subwords with a fast tokenizer; the first subword carries the
-    word's tag (or every subword, with `label_all_subwords`).
+    Tag names come from `label_names` or the training split: "O", then every tag of the scheme
+    for each entity type seen in training (B-/I-, plus E-/S- for IOBES). Words are split into
+    subwords with a fast tokenizer; the first subword carries the word's tag (or every subword,
+    with `label_all_subwords`).
     """
 
     supported_suffixes = (*FORMATS, *CONLL_SUFFIXES)
@@ -182,8 +183,11 @@ class TokenClassificationDataModule(TextDataModule):
         elif class_names:
             names = class_names
         else:
-            found = {t for row in raw["train"][self.tag_column] for t in row}
-            names = ["O", *sorted(found - {"O"}, key=lambda t: (t[2:], t[:1]))]
+            # Every tag of each entity type seen in training, so a multi-word entity that only
+            # validation has (an I- tag) is still known.
+            found = {t[2:] for row in raw["train"][self.tag_column] for t in row if t != "O"}
+            prefixes = SCHEME_PREFIXES[self.tag_scheme]
+            names = ["O", *(f"{p}-{kind}" for kind in sorted(found) for p in prefixes)]
         index = {name: i for i, name in enumerate(names)}
         # B-X -> I-X, for later subwords of a word when every subword is labelled.
         self._inside_of = {

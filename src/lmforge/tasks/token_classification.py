@@ -14,6 +14,22 @@ from lmforge.tasks.base import TaskModule
 from lmforge.tasks.metrics import IGNORE, EntityScores
 
 
+def entity_spans(
+    words: list[str], tags: list[str], scores: list[float] | None = None
+) -> list[dict]:
+    """Entities of one tagged sentence as word spans: type, first and last word, text, and the
+    mean score of their words when `scores` are given (seqeval's conlleval-style chunking)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    spans = []
+    for kind, start, end in get_entities(list(tags)):
+        span = {"type": kind, "start": start, "end": end, "text": " ".join(words[start : end + 1])}
+        if scores is not None:
+            span["score"] = sum(scores[start : end + 1]) / (end - start + 1)
+        spans.append(span)
+    return spans
+
+
 class TokenClassificationModule(TaskModule):
     """A pretrained encoder with a per-token tagging head over `label_names` (tags).
 
@@ -66,6 +82,33 @@ class TokenClassificationModule(TaskModule):
         predictions = outputs.argmax(dim=-1)  # (batch, seq)
         metrics["entities"].update(predictions, batch["labels"])
         metrics["token_acc"].update(predictions.flatten(), batch["labels"].flatten())
+
+    @torch.no_grad()
+    def tag_words(self, sentences: list[list[str]], tokenizer, max_length: int = 512) -> list[dict]:
+        """Tag pre-split sentences: per word its tag and probability (read at the word's first
+        subword), and the entity spans. Words cut off by `max_length` get no tag."""
+        encoded = tokenizer(
+            sentences,
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+        probabilities = self.model(**encoded).logits.softmax(dim=-1)  # (batch, seq, tags)
+        results = []
+        for row, words in enumerate(sentences):
+            tags, scores, seen = ["O"] * len(words), [0.0] * len(words), set()
+            for position, word in enumerate(encoded.word_ids(row)):
+                if word is None or word in seen:
+                    continue
+                seen.add(word)
+                score, tag = probabilities[row, position].max(dim=-1)
+                tags[word], scores[word] = self.label_names[int(tag)], float(score)
+            results.append(
+                {"words": words, "tags": tags, "entities": entity_spans(words, tags, scores)}
+            )
+        return results
 
     def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
         values = dict(metrics["entities"].compute())
