@@ -14,6 +14,7 @@ from lmforge.data import LanguageModelingDataModule
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.data.language_modeling import CausalCollator, document_separator, group_blocks
 from lmforge.errors import LmforgeError
+from lmforge.evaluate import evaluate
 from lmforge.tasks.metrics import TokenLoss
 from lmforge.train import train
 from tests.conftest import TINY_GPT2
@@ -153,6 +154,12 @@ def test_causal_lm_from_scratch_end_to_end(make_cfg, tmp_path, tiny_text):
     module = load_task_module(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert module.task_name == "causal_lm"
     assert module.generate(["match goal"])[0].startswith("match goal")
+    evaluated = evaluate(
+        make_cfg(
+            f"ckpt_path={tmp_path / 'run/checkpoints/best.ckpt'}", config_name="eval", run="eval"
+        )
+    )
+    assert evaluated["test/perplexity"] == pytest.approx(metrics["test"]["test/perplexity"])
 
 
 def test_masked_lm_end_to_end(make_cfg, tmp_path, tiny_text, tiny_model):
