@@ -12,7 +12,17 @@ from lmforge.resources import config_dir
 from tests.conftest import compose_config
 
 CONF = config_dir()
-GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths"]
+GROUPS = [
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "finetune",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+]
 
 
 def options(group: str) -> list[str]:

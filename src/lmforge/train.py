@@ -87,6 +87,7 @@ def train(
         "train_samples_per_second": samples_per_second,
         **progress,
         "parameters": module.parameter_counts(),
+        "finetune": module.finetune.describe(),
         "data": {split: len(ds) for split, ds in datamodule.splits.items()},
         "tokenization_cache_hit": datamodule.cache_hit,
         "resumed_from": resumed,
@@ -113,6 +114,7 @@ def _build_module(cfg: DictConfig, datamodule: TextDataModule) -> TaskModule:
         _convert_="all",
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        finetune=instantiate(cfg.finetune) if cfg.get("finetune") else None,
         **task_inputs,
     )
     counts = module.parameter_counts()

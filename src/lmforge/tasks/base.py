@@ -18,6 +18,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from lmforge.errors import LmforgeError
 from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
+from lmforge.strategies import FinetuneStrategy, Full
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class TaskModule(pl.LightningModule):
         hf_config: the model's full config as saved in a checkpoint; when given, the model is
             built from it with fresh weights (the checkpoint's state dict fills them), so
             loading a checkpoint needs neither the hub nor the original folder.
+        finetune: the strategy choosing which weights train (default: all).
     """
 
     task_name: ClassVar[str] = ""
@@ -51,9 +53,10 @@ class TaskModule(pl.LightningModule):
         config_overrides: dict[str, Any] | None = None,
         from_config: dict[str, Any] | None = None,
         hf_config: dict[str, Any] | None = None,
+        finetune: FinetuneStrategy | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "hf_config"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "hf_config", "finetune"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._hf_config = hf_config
@@ -62,6 +65,8 @@ class TaskModule(pl.LightningModule):
         self.model: PreTrainedModel = self.build_model()
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
+        self.finetune = finetune or Full()
+        self.finetune.apply(self.model)
         # A separate metric set per stage, so validation and test never share state.
         self.train_metrics = self.configure_metrics("train")
         self.val_metrics = self.configure_metrics("val")

@@ -1,0 +1,76 @@
+"""Fine-tuning strategies: exact trainable counts, frozen weights stay, trainable ones move."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import BertModel
+
+from lmforge.errors import LmforgeError
+from lmforge.strategies import Freeze, Full
+from lmforge.tasks import TextClassificationModule
+from lmforge.train import train
+
+
+def build(tiny_model, strategy) -> TextClassificationModule:
+    return TextClassificationModule(
+        pretrained=str(tiny_model), label_names=["a", "b", "c"], finetune=strategy
+    )
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_trainable_counts_are_exact(tiny_model):
+    full = build(tiny_model, Full())
+    total = count(full)
+    assert full.parameter_counts() == {
+        "trainable": total,
+        "total": total,
+        "trainable_percent": 100.0,
+    }
+    bert = full.model.bert
+    embeddings = count(bert.embeddings)
+    layer = count(bert.encoder.layer[0])
+    head = 32 * 3 + 3  # classifier weight + bias
+    pooler = count(bert.pooler)
+    assert build(tiny_model, Freeze(embeddings=True)).parameter_counts()["trainable"] == (
+        total - embeddings
+    )
+    assert (
+        build(tiny_model, Freeze(embeddings=True, layers=1)).parameter_counts()["trainable"]
+        == total - embeddings - layer
+    )
+    probe = build(tiny_model, Freeze(backbone=True)).parameter_counts()
+    assert probe["trainable"] == head
+    assert probe["trainable_percent"] == pytest.approx(100 * head / total, abs=1e-3)
+    assert total == embeddings + 2 * layer + pooler + head
+
+
+def test_freezing_more_layers_than_exist_is_refused(tiny_model):
+    with pytest.raises(LmforgeError, match=r"finetune\.layers=5, but the model has 2 layers"):
+        build(tiny_model, Freeze(layers=5))
+
+
+def test_frozen_weights_stay_and_trainable_ones_move(make_cfg, tmp_path, tiny_model):
+    train(make_cfg("finetune=freeze", "finetune.layers=1", "debug=limit"))
+    state = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    start = BertModel.from_pretrained(str(tiny_model)).state_dict()
+    for name in (
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.0.attention.self.query.weight",
+    ):
+        torch.testing.assert_close(state[f"model.bert.{name}"], start[name])
+    moved = "encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(state[f"model.bert.{moved}"], start[moved])
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["finetune"] == {
+        "name": "freeze",
+        "embeddings": True,
+        "layers": 1,
+        "backbone": False,
+    }
+    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
