@@ -11,11 +11,10 @@ package, from every section of Debian 12 "bookworm" main. Run on a Debian machin
 from __future__ import annotations
 
 import argparse
-import glob
 import random
 from pathlib import Path
 
-from build_debian_packages_dataset import HELPER_SUFFIXES, clean_description, read_stanzas
+from build_debian_packages_dataset import HELPER_SUFFIXES, clean_description, read_bookworm_lists
 
 
 def main() -> None:
@@ -26,9 +25,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    lists = "/var/lib/apt/lists/"
-    packages = read_stanzas(glob.glob(lists + "*bookworm_main_binary-amd64_Packages*")[0])
-    translations = read_stanzas(glob.glob(lists + "*bookworm_main_i18n_Translation-en*")[0])
+    packages, translations = read_bookworm_lists()
     long_by_md5 = {t["Description-md5"]: t["Description-en"] for t in translations}
 
     by_source: dict[str, str] = {}

@@ -14,13 +14,12 @@ hand-reviewed sample of the output (see the README for the figures).
 from __future__ import annotations
 
 import argparse
-import glob
 import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from build_debian_packages_dataset import read_stanzas
+from build_debian_packages_dataset import read_bookworm_lists
 
 # fmt: off
 TYPES = ("LANG", "FORMAT", "PROTOCOL", "ORG", "OS")
@@ -479,13 +478,7 @@ def main() -> None:
     parser.add_argument("--show-seed", type=int, default=1, help="seed of the review sample")
     args = parser.parse_args()
 
-    lists = "/var/lib/apt/lists/"
-    packages = read_stanzas(
-        glob.glob(lists + "*debian_dists_bookworm_main_binary-amd64_Packages*")[0]
-    )
-    translations = read_stanzas(
-        glob.glob(lists + "*debian_dists_bookworm_main_i18n_Translation-en*")[0]
-    )
+    packages, translations = read_bookworm_lists()
     source_by_md5: dict[str, str] = {}
     for pkg in packages:
         if "Description-md5" in pkg:

@@ -74,6 +74,16 @@ def read_stanzas(path: str) -> list[dict[str, str]]:
     return stanzas
 
 
+def read_bookworm_lists() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The package index and the English translation index of Debian 12 main (amd64)."""
+    lists = "/var/lib/apt/lists/"
+    packages = glob.glob(lists + "*debian_dists_bookworm_main_binary-amd64_Packages*")
+    translations = glob.glob(lists + "*debian_dists_bookworm_main_i18n_Translation-en*")
+    if not packages or not translations:
+        raise SystemExit("Run `apt-get -o Acquire::Languages=en update` on Debian 12 first.")
+    return read_stanzas(packages[0]), read_stanzas(translations[0])
+
+
 def clean_description(raw: str) -> str:
     """Join the synopsis and the long description into one paragraph of plain text."""
     synopsis, _, body = raw.partition("\n")
@@ -91,17 +101,11 @@ def clean_description(raw: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--per-class", type=int, default=220, help="cap per section")
+    parser.add_argument("--per-class", type=int, default=300, help="cap per section")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    lists = "/var/lib/apt/lists/"
-    packages = read_stanzas(
-        glob.glob(lists + "*debian_dists_bookworm_main_binary-amd64_Packages*")[0]
-    )
-    translations = read_stanzas(
-        glob.glob(lists + "*debian_dists_bookworm_main_i18n_Translation-en*")[0]
-    )
+    packages, translations = read_bookworm_lists()
     long_by_md5 = {t["Description-md5"]: t["Description-en"] for t in translations}
 
     by_source: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
