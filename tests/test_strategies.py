@@ -74,3 +74,39 @@ def test_frozen_weights_stay_and_trainable_ones_move(make_cfg, tmp_path, tiny_mo
         "backbone": False,
     }
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+
+
+def test_init_from_continues_from_another_runs_weights(make_cfg, tmp_path):
+    train(make_cfg("debug=limit", run="first"))
+    first = tmp_path / "first/checkpoints/best.ckpt"
+    train(make_cfg("debug=limit", f"model.init_from={first}", "train=false", run="second"))
+    before = json.loads((tmp_path / "second/metrics.json").read_text())["before_training"]
+    assert before["start"] == {"from": f"checkpoint {first}", "newly_initialised": []}
+    assert "real before/after comparison" in before["note"]
+    first_test = json.loads((tmp_path / "first/metrics.json").read_text())["test"]
+    second_test = json.loads((tmp_path / "second/metrics.json").read_text())["test"]
+    for key, value in first_test.items():  # the same weights give the same figures
+        assert before["test"][key] == pytest.approx(value, abs=1e-6), key
+        assert second_test[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_init_from_an_unrelated_checkpoint_is_refused(tmp_path, tiny_model):
+    from lmforge.tasks import CausalLMModule
+
+    gpt = CausalLMModule(
+        pretrained=None,
+        tokenizer=str(tiny_model),
+        from_config={
+            "model_type": "gpt2",
+            "n_layer": 1,
+            "n_embd": 16,
+            "n_head": 2,
+            "n_positions": 32,
+        },
+    )
+    path = tmp_path / "gpt.ckpt"
+    torch.save({"state_dict": gpt.state_dict(), "lmforge": {"task": "causal_lm"}}, path)
+    with pytest.raises(LmforgeError, match="no weight of that checkpoint fits"):
+        TextClassificationModule(
+            pretrained=str(tiny_model), label_names=["a", "b"], init_from=str(path)
+        )

@@ -40,6 +40,8 @@ class TaskModule(pl.LightningModule):
             built from it with fresh weights (the checkpoint's state dict fills them), so
             loading a checkpoint needs neither the hub nor the original folder.
         finetune: the strategy choosing which weights train (default: all).
+        init_from: an lmforge checkpoint whose weights replace the loaded ones where names and
+            shapes match (continued fine-tuning; no optimizer or trainer state is taken).
     """
 
     task_name: ClassVar[str] = ""
@@ -54,15 +56,20 @@ class TaskModule(pl.LightningModule):
         from_config: dict[str, Any] | None = None,
         hf_config: dict[str, Any] | None = None,
         finetune: FinetuneStrategy | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "hf_config", "finetune"])
+        self.save_hyperparameters(
+            ignore=["optimizer", "scheduler", "hf_config", "finetune", "init_from"]
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._hf_config = hf_config
         # What the model starts from, for before/after records: set by load_pretrained.
         self.start: dict[str, Any] = {}
         self.model: PreTrainedModel = self.build_model()
+        if init_from and hf_config is None:
+            self._load_weights_from(init_from)
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
         self.finetune = finetune or Full()
@@ -143,6 +150,29 @@ class TaskModule(pl.LightningModule):
         if missing:
             log.info("Newly initialised (not in %s): %s", name, ", ".join(missing))
         return model
+
+    def _load_weights_from(self, path: str) -> None:
+        """Copy the model weights of another run's checkpoint where names and shapes match."""
+        from lmforge.checkpoints import read_checkpoint
+
+        state = {
+            k.removeprefix("model."): v
+            for k, v in read_checkpoint(path)["state_dict"].items()
+            if k.startswith("model.")
+        }
+        own = self.model.state_dict()
+        taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not taken:
+            raise LmforgeError(
+                f"model.init_from={path!r}: no weight of that checkpoint fits this model "
+                f"({type(self.model).__name__}); was it trained with another architecture?"
+            )
+        self.model.load_state_dict(taken, strict=False)
+        fresh = sorted(set(own) - set(taken))
+        self.start = {"from": f"checkpoint {path}", "newly_initialised": fresh}
+        log.info("Initialised %d of %d tensors from %s", len(taken), len(own), path)
+        if fresh:
+            log.info("Not in %s (or another shape), left as loaded: %s", path, ", ".join(fresh))
 
     @staticmethod
     def label_fields(label_names: list[str], classifier_dropout: float | None) -> dict[str, Any]:
