@@ -110,3 +110,12 @@ def test_init_from_an_unrelated_checkpoint_is_refused(tmp_path, tiny_model):
         TextClassificationModule(
             pretrained=str(tiny_model), label_names=["a", "b"], init_from=str(path)
         )
+
+
+def test_layer_decay_runs_end_to_end_with_the_schedule(make_cfg, tmp_path):
+    train(make_cfg("optimizer.layer_decay=0.8", "debug=limit"))
+    rows = (tmp_path / "run/csv/metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    lr_columns = [c for c in header if c.startswith("lr-AdamW")]
+    assert len(lr_columns) > 2  # one group per depth and decay kind
+    assert (tmp_path / "run/metrics.json").is_file()

@@ -104,3 +104,24 @@ def test_schedules_warm_up_by_ratio(name, expected):
         scheduler.step()
     for step, lr in expected.items():
         assert seen[step] == pytest.approx(lr, abs=1e-6), step
+
+
+def test_layer_wise_lr_decay_gives_each_depth_its_lr(tiny_model):
+    import functools
+
+    m = module(tiny_model, ["neg", "pos"])
+    m.optimizer_factory = functools.partial(torch.optim.AdamW, lr=1.0, layer_decay=0.5)
+    m.scheduler_factory = None
+    optimizer = m.configure_optimizers()
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    bert = m.model.bert
+    # 2 blocks: embeddings depth 0, blocks 1-2, head (and pooler) depth 3
+    assert lr_of[id(bert.embeddings.word_embeddings.weight)] == 0.125
+    assert lr_of[id(bert.encoder.layer[0].attention.self.query.weight)] == 0.25
+    assert lr_of[id(bert.encoder.layer[1].output.dense.bias)] == 0.5
+    assert lr_of[id(m.model.classifier.weight)] == 1.0
+    no_decay = {
+        id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]
+    }
+    assert id(bert.encoder.layer[1].output.dense.bias) in no_decay
+    assert len(lr_of) == len(list(m.parameters()))

@@ -15,19 +15,34 @@ NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.
 
 def parameter_groups(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    lr: float | None = None,
+    layer_decay: float | None = None,
+    depth_of: Callable[[torch.nn.Parameter], int] | None = None,
+    depth: int = 0,
 ) -> list[dict]:
-    """Split trainable parameters into a weight-decayed group and a no-decay group.
+    """Group trainable parameters for the optimizer.
 
-    The no-decay group sets `weight_decay=0.0`; the other inherits the optimizer's default.
+    Biases and norm weights get `weight_decay=0.0`; the rest inherit the optimizer's default.
+    With `layer_decay` (layer-wise learning-rate decay), a parameter at depth d of `depth`
+    (0 = embeddings, `depth` = the task head) trains at `lr * layer_decay ** (depth - d)`, so
+    lower layers, which hold more general features, move less.
     """
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
         is_norm_or_bias = param.ndim < 2 or any(m in name for m in NO_DECAY_MARKERS)
-        (no_decay if is_norm_or_bias else decay).append(param)
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        level = depth_of(param) if (layer_decay and depth_of) else depth
+        groups.setdefault((is_norm_or_bias, level), []).append(param)
+    result = []
+    for (no_decay, level), params in sorted(groups.items(), key=lambda item: item[0]):
+        group: dict = {"params": params}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        if layer_decay and lr is not None:
+            group["lr"] = lr * layer_decay ** (depth - level)
+        result.append(group)
+    return result
 
 
 def build_scheduler(

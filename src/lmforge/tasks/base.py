@@ -204,11 +204,22 @@ class TaskModule(pl.LightningModule):
         if self.optimizer_factory is None:
             raise LmforgeError("No optimizer configured: set the `optimizer` config group.")
         factory = self.optimizer_factory
-        if getattr(factory, "keywords", {}).get("fused") and self._clips_under_mixed_precision():
+        options = dict(getattr(factory, "keywords", {}))
+        # layer_decay is lmforge's option, not the torch optimizer's.
+        layer_decay = options.pop("layer_decay", None)
+        if isinstance(factory, functools.partial):
+            factory = functools.partial(factory.func, *factory.args, **options)
+        if options.get("fused") and self._clips_under_mixed_precision():
             # Lightning refuses to clip the gradients of fused optimizers under mixed precision.
             factory = functools.partial(factory, fused=False)
             log.info("Fused optimizer steps are off: gradient clipping under mixed precision.")
-        optimizer = factory(parameter_groups(self.named_parameters()))
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise LmforgeError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}.")
+        depth_of, depth = self._layer_depths() if layer_decay else (None, 0)
+        groups = parameter_groups(
+            self.named_parameters(), options.get("lr"), layer_decay, depth_of, depth
+        )
+        optimizer = factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(
@@ -219,6 +230,20 @@ class TaskModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _layer_depths(self) -> tuple[Any, int]:
+        """Depth of each parameter for layer-wise lr decay: embeddings 0, transformer block i
+        at i + 1, everything else (the head) at the top."""
+        from lmforge.strategies import backbone_embeddings, backbone_layers
+
+        stack = backbone_layers(self.model)
+        depth = len(stack) + 1
+        levels: dict[int, int] = {}
+        for module in backbone_embeddings(self.model):
+            levels.update({id(p): 0 for p in module.parameters()})
+        for index, block in enumerate(stack):
+            levels.update({id(p): index + 1 for p in block.parameters()})
+        return (lambda param: levels.get(id(param), depth)), depth
 
     def _clips_under_mixed_precision(self) -> bool:
         trainer = self.trainer
