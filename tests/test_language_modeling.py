@@ -182,3 +182,25 @@ def test_masked_lm_end_to_end(make_cfg, tmp_path, tiny_text, tiny_model):
     assert (
         metrics["test"]["test/perplexity"] < metrics["before_training"]["test"]["test/perplexity"]
     )
+
+
+def test_text_file_mode_document_reads_one_example_per_file(tmp_path, tiny_model, tiny_text):
+    dm = LanguageModelingDataModule(
+        tokenizer=str(tiny_model),
+        train_file=str(tiny_text / "train.txt"),
+        validation_file=str(tiny_text / "validation.txt"),
+        test_file=str(tiny_text / "test.txt"),
+        cache_dir=str(tmp_path / "cache"),
+        objective="causal",
+        mode="truncate",
+        text_file_mode="document",
+        block_size=16,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert {split: len(ds) for split, ds in dm.splits.items()} == {
+        "train": 1,
+        "validation": 1,
+        "test": 1,
+    }
+    assert dm.meta["stats"]["train"]["truncated"] == 1  # the whole file is far over 16 tokens

@@ -209,3 +209,19 @@ def test_tag_words_returns_one_tag_per_word(make_cfg, tmp_path, tiny_ner):
     (result,) = module.eval().tag_words([words], tokenizer)
     assert result["words"] == words and len(result["tags"]) == len(words)
     assert all(tag in module.label_names for tag in result["tags"])
+
+
+def test_label_all_subwords_labels_later_subwords_inside(tmp_path, tiny_model):
+    sentence = [("internationalization", "B-LANG"), ("rocks", "O")]
+    train = write_conll(tmp_path / "train.conll", [sentence] * 10)
+    first = build(tmp_path / "first", tiny_model, train_file=str(train))
+    every = build(tmp_path / "every", tiny_model, train_file=str(train), label_all_subwords=True)
+    names = every.label_names
+    first_labels = first.splits["train"][0]["labels"]
+    every_labels = every.splits["train"][0]["labels"]
+    pieces = len(every.tokenizer.tokenize("internationalization"))
+    assert pieces > 1
+    assert first_labels[1 : 1 + pieces] == [names.index("B-LANG")] + [-100] * (pieces - 1)
+    assert every_labels[1 : 1 + pieces] == [names.index("B-LANG")] + [names.index("I-LANG")] * (
+        pieces - 1
+    )

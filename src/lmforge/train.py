@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.callbacks import RandomState, TrainThroughput
+from lmforge.checkpoints import read_checkpoint
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
 from lmforge.rundir import (
@@ -157,7 +158,7 @@ def _resume_point(ckpt_path: str | None) -> dict[str, Any] | None:
     """Where a resumed run starts: the checkpoint's epoch and optimizer step."""
     if not ckpt_path:
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(ckpt_path)
     point = {
         "checkpoint": str(ckpt_path),
         "epoch": checkpoint.get("epoch"),

@@ -9,10 +9,14 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForTokenClassification,
+    PreTrainedTokenizerBase,
+)
 
 from lmforge.data.datamodule import TextDataModule
-from lmforge.data.sources import FORMATS, check_file, load_file, require_columns
+from lmforge.data.sources import check_file, load_file, require_columns
 from lmforge.errors import LmforgeError
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,12 @@ def group_blocks(sequences: list[list[int]], block_size: int) -> list[list[int]]
 
 
 class CausalCollator:
-    """Pads a batch; labels are the input ids with padding set to -100 (the model shifts)."""
+    """Pads a batch; labels are the input ids with padding set to -100 (the model shifts).
+
+    Written here because DataCollatorForLanguageModeling(mlm=False) finds padding by token id:
+    GPT-style tokenizers pad with their EOS token, so it would also drop every real
+    end-of-text target. This uses the attention mask instead.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -61,27 +70,6 @@ class CausalCollator:
             mask[row, :n] = 1
         labels = ids.masked_fill(mask == 0, IGNORE)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-class PreMaskedCollator:
-    """Pads evaluation batches whose masking was fixed at preprocessing (seeded)."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.pad_id = tokenizer.pad_token_id
-
-    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        batch = {
-            "input_ids": torch.full((len(examples), width), self.pad_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
-            "labels": torch.full((len(examples), width), IGNORE, dtype=torch.long),
-        }
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            batch["input_ids"][row, :n] = torch.tensor(example["input_ids"])
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = torch.tensor(example["labels"])
-        return batch
 
 
 class LanguageModelingDataModule(TextDataModule):
@@ -108,8 +96,8 @@ class LanguageModelingDataModule(TextDataModule):
         whole_word_mask: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("max_length", block_size)
-        super().__init__(**kwargs)
+        # Blocks are the sequence length here; the shared code reads it as max_length.
+        super().__init__(max_length=block_size, **kwargs)
         if objective not in OBJECTIVES:
             raise LmforgeError(f"data.objective={objective!r}; expected one of {OBJECTIVES}.")
         if mode not in MODES:
@@ -125,7 +113,6 @@ class LanguageModelingDataModule(TextDataModule):
         self.text_file_mode = text_file_mode
         self.mode = mode
         self.block_size = block_size
-        self.max_length = block_size
         self.mlm_probability = mlm_probability
         self.whole_word_mask = whole_word_mask
 
@@ -144,7 +131,7 @@ class LanguageModelingDataModule(TextDataModule):
     def read_file(self, path: str, key: str) -> datasets.Dataset:
         if Path(path).suffix.lower() != ".txt":
             return load_file(path, key)
-        file = check_file(path, key, tuple(FORMATS))
+        file = check_file(path, key)
         dataset = datasets.load_dataset(
             "text", data_files=str(file), split="train", sample_by=self.text_file_mode
         )
@@ -251,4 +238,7 @@ class LanguageModelingDataModule(TextDataModule):
     def eval_collator(self):
         if self.objective == "causal":
             return CausalCollator(self._ensure_tokenizer())
-        return PreMaskedCollator(self._ensure_tokenizer())
+        # Masking was fixed at preprocessing: pad inputs, and labels with -100.
+        return DataCollatorForTokenClassification(
+            self._ensure_tokenizer(), label_pad_token_id=IGNORE
+        )
