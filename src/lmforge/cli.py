@@ -80,6 +80,26 @@ def run_evaluation(cfg: DictConfig) -> None:
         evaluate(cfg)
 
 
+def run_prediction(cfg: DictConfig) -> None:
+    """The body of `lmforge-predict`."""
+    with user_errors():
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from lmforge.predict import predict
+
+        _route_library_logs()
+        predict(cfg)
+
+
+def run_export(cfg: DictConfig) -> None:
+    """The body of `lmforge-export`."""
+    with user_errors():
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from lmforge.export import export
+
+        _route_library_logs()
+        export(cfg)
+
+
 def _check_resume_argument(argv: list[str]) -> None:
     """Refuse `resume=<dir>` for a directory that does not exist, before Hydra creates it."""
     for arg in argv:
@@ -101,4 +121,18 @@ def eval_main() -> None:
     """`lmforge-eval`: see conf/eval.yaml."""
     hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")(
         run_evaluation
+    )()
+
+
+def predict_main() -> None:
+    """`lmforge-predict`: see conf/predict.yaml."""
+    hydra.main(config_path=str(config_dir()), config_name="predict", version_base="1.3")(
+        run_prediction
+    )()
+
+
+def export_main() -> None:
+    """`lmforge-export`: see conf/export.yaml."""
+    hydra.main(config_path=str(config_dir()), config_name="export", version_base="1.3")(
+        run_export
     )()

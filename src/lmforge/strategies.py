@@ -94,3 +94,22 @@ class Freeze(FinetuneStrategy):
             "layers": self.layers,
             "backbone": self.backbone,
         }
+
+
+def merged_copy(model: nn.Module) -> PreTrainedModel:
+    """A plain Hugging Face model equal to `model`: PEFT adapters merged into a copy."""
+    import copy
+
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    if not hasattr(model, "merge_and_unload") or model.peft_config["default"].is_prompt_learning:
+        raise LmforgeError(
+            f"A {model.peft_config['default'].peft_type.value} adapter adds virtual tokens and "
+            "cannot be merged into the model's weights; export needs a mergeable adapter "
+            "(LoRA, DoRA, IA3) or full/freeze fine-tuning."
+        )
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.eval()
+    return merged

@@ -186,6 +186,13 @@ class TaskModule(pl.LightningModule):
             fields["classifier_dropout"] = classifier_dropout
         return fields
 
+    def export_model(self) -> PreTrainedModel:
+        """A plain Hugging Face model of the current weights, for saving and export: a copy with
+        any adapter merged into the weights (the training module is left as it is)."""
+        from lmforge.strategies import merged_copy
+
+        return merged_copy(self.model)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lmforge"] = {"task": self.task_name, "hf_config": self.model.config.to_dict()}
 
