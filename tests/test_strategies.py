@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import BertModel
 
+from lmforge.checkpoints import load_task_module
 from lmforge.errors import LmforgeError
-from lmforge.strategies import Freeze, Full
-from lmforge.tasks import TextClassificationModule
+from lmforge.strategies import IA3, Freeze, Full, Lora, PrefixTuning, PromptTuning
+from lmforge.tasks import MaskedLMModule, TextClassificationModule, TokenClassificationModule
 from lmforge.train import train
 
 
@@ -72,6 +73,7 @@ def test_frozen_weights_stay_and_trainable_ones_move(make_cfg, tmp_path, tiny_mo
         "embeddings": True,
         "layers": 1,
         "backbone": False,
+        "unfreeze_every": 0,
     }
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
 
@@ -119,3 +121,163 @@ def test_layer_decay_runs_end_to_end_with_the_schedule(make_cfg, tmp_path):
     lr_columns = [c for c in header if c.startswith("lr-AdamW")]
     assert len(lr_columns) > 2  # one group per depth and decay kind
     assert (tmp_path / "run/metrics.json").is_file()
+
+
+# ----- parameter-efficient methods ------------------------------------------------------------
+HIDDEN, LAYERS, HEAD = 32, 2, 32 * 3 + 3
+
+
+def test_lora_and_dora_trainable_counts_are_exact(tiny_model):
+    total = count(build(tiny_model, Full()))
+    r = 4
+    per_module = r * HIDDEN + HIDDEN * r  # A (r x in) + B (out x r)
+    lora = build(tiny_model, Lora(r=r)).parameter_counts()  # query and value of each layer
+    assert lora["trainable"] == LAYERS * 2 * per_module + HEAD
+    assert lora["total"] == total + LAYERS * 2 * per_module
+    dora = build(tiny_model, Lora(r=r, use_dora=True)).parameter_counts()
+    assert dora["trainable"] == lora["trainable"] + LAYERS * 2 * HIDDEN  # one magnitude per row
+    every = build(tiny_model, Lora(r=r, target_modules="all-linear")).parameter_counts()
+    # query, key, value, attention output, intermediate (32->64), output (64->32), pooler
+    per_layer = 4 * per_module + 2 * (r * HIDDEN + 64 * r)
+    assert every["trainable"] == LAYERS * per_layer + per_module + HEAD
+
+
+def test_ia3_and_prompt_methods_train_few_parameters(tiny_model):
+    ia3 = build(tiny_model, IA3()).parameter_counts()
+    # key, value (scaled outputs); attention output (32 in) and FFN output (64 in): both match
+    # peft's "output.dense" and are scaled on their inputs.
+    assert ia3["trainable"] == LAYERS * (HIDDEN + HIDDEN + HIDDEN + 64) + HEAD
+    prompt = build(tiny_model, PromptTuning(num_virtual_tokens=5)).parameter_counts()
+    assert prompt["trainable"] == 5 * HIDDEN + HEAD
+
+
+def optimizer_steps(module, steps: int = 3) -> None:
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (4, 12)),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 2, 0]),
+    }
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    module.train()
+    for _ in range(steps):
+        loss, _ = module.forward_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [Lora(r=4), Lora(r=4, use_dora=True), IA3(), PromptTuning(4), PrefixTuning(4)],
+    ids=["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"],
+)
+def test_peft_freezes_the_base_and_trains_adapters_and_head(tiny_model, strategy):
+    module = build(tiny_model, strategy)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    optimizer_steps(module)
+    after = dict(module.named_parameters())
+    for name, param in after.items():
+        if param.requires_grad:
+            assert not torch.equal(param, before[name]), f"{name} did not train"
+        else:
+            torch.testing.assert_close(param, before[name], msg=f"{name} moved")
+    assert any("classifier" in n for n, p in after.items() if p.requires_grad)
+
+
+def test_lora_merged_model_matches_the_adapted_one(tiny_model):
+    module = build(tiny_model, Lora(r=4, dropout=0.0))
+    optimizer_steps(module)  # before training LoRA's update is zero: nothing to compare
+    module.eval()
+    inputs = {"input_ids": torch.randint(1000, 2000, (3, 9))}
+    merged = module.export_model()
+    assert type(merged).__name__ == "BertForSequenceClassification"
+    base_logits = module.model.get_base_model()(**inputs).logits
+    with module.model.disable_adapter():
+        plain = module.model(**inputs).logits
+    assert not torch.allclose(plain, base_logits)  # the adapter changes the outputs
+    torch.testing.assert_close(merged(**inputs).logits, module.model(**inputs).logits)
+
+
+def test_prompt_methods_refuse_merging_and_token_classification(tiny_model):
+    with pytest.raises(LmforgeError, match="cannot be merged"):
+        build(tiny_model, PromptTuning(4)).export_model()
+    with pytest.raises(LmforgeError, match="not supported for token_classification"):
+        TokenClassificationModule(
+            pretrained=str(tiny_model), label_names=["O", "B-X"], finetune=PromptTuning(4)
+        )
+
+
+def test_lora_on_a_module_that_does_not_exist_names_the_real_ones(tiny_model):
+    with pytest.raises(
+        LmforgeError,
+        match=r"peft could not wrap.*Linear modules of this model: .*"
+        r"query",
+    ):
+        build(tiny_model, Lora(target_modules=["q_proj"]))
+
+
+def test_masked_lm_lora_trains_the_fresh_head_but_not_the_tied_decoder(tiny_model):
+    module = MaskedLMModule(pretrained=str(tiny_model), tokenizer=str(tiny_model), finetune=Lora())
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert any("cls.predictions.transform.dense" in n for n in trainable)
+    assert not any("word_embeddings" in n or "decoder.weight" in n for n in trainable)
+
+
+def test_lora_run_saves_adapters_and_head_only_and_reloads(make_cfg, tmp_path):
+    train(make_cfg("finetune=lora", "finetune.dropout=0.0", "debug=limit", run="lora"))
+    train(make_cfg("debug=limit", run="full"))
+    lora_ckpt = tmp_path / "lora/checkpoints/last.ckpt"
+    state = torch.load(lora_ckpt, weights_only=False)
+    keys = set(state["state_dict"])
+    assert keys and all("lora_" in k or "classifier" in k for k in keys)
+    assert state["lmforge"]["finetune"]["name"] == "lora"
+    full_size = (tmp_path / "full/checkpoints/last.ckpt").stat().st_size
+    assert lora_ckpt.stat().st_size < full_size / 3
+    module = load_task_module(lora_ckpt)
+    reloaded = dict(module.state_dict())
+    for key, value in state["state_dict"].items():
+        torch.testing.assert_close(reloaded[key], value)
+    metrics = json.loads((tmp_path / "lora/metrics.json").read_text())
+    assert metrics["finetune"]["name"] == "lora"
+    assert metrics["parameters"]["trainable_percent"] < 1
+
+
+# ----- gradual unfreezing ---------------------------------------------------------------------
+def test_gradual_unfreezing_releases_one_part_per_epoch_top_down(tiny_model):
+    module = build(tiny_model, Freeze(backbone=True, unfreeze_every=1))
+    bert = module.model.bert
+
+    def trainable(part) -> bool:
+        flags = {p.requires_grad for p in part.parameters()}
+        assert len(flags) == 1
+        return flags.pop()
+
+    parts = [bert.embeddings, bert.encoder.layer[0], bert.encoder.layer[1], bert.pooler]
+    expected = {
+        0: [False, False, False, False],
+        1: [False, False, True, True],
+        2: [False, True, True, True],
+        3: [True, True, True, True],
+        7: [True, True, True, True],
+    }
+    for epoch, flags in expected.items():
+        module.finetune.on_train_epoch_start(epoch)
+        assert [trainable(p) for p in parts] == flags, epoch
+        assert trainable(module.model.classifier)
+    # A resumed run restores the state of its epoch, whatever came before.
+    module.finetune.on_train_epoch_start(1)
+    assert [trainable(p) for p in parts] == expected[1]
+    assert len(module.finetune.pending_parameters()) == len(list(bert.parameters()))
+
+
+def test_gradual_unfreezing_run_moves_only_released_blocks(make_cfg, tmp_path, tiny_model):
+    train(make_cfg("finetune=gradual_unfreeze", "debug=limit"))
+    state = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    start = BertModel.from_pretrained(str(tiny_model)).state_dict()
+    query = "encoder.layer.{}.attention.self.query.weight"
+    # Epoch 0 trains the head, epoch 1 adds the top block; the rest never moves.
+    assert not torch.equal(state[f"model.bert.{query.format(1)}"], start[query.format(1)])
+    torch.testing.assert_close(state[f"model.bert.{query.format(0)}"], start[query.format(0)])
+    word = "embeddings.word_embeddings.weight"
+    torch.testing.assert_close(state[f"model.bert.{word}"], start[word])

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.strategies import strategy_from_record
 from lmforge.tasks import TASKS, TaskModule
 
 
@@ -41,8 +42,26 @@ def load_task_module(path: str | Path, expected_task: str | None = None) -> Task
         raise LmforgeError(
             f"ckpt_path={str(path)!r} holds a {task} model, but a {expected_task} one is needed."
         )
-    module = TASKS[task](**checkpoint["hyper_parameters"], hf_config=record["hf_config"])
-    module.load_state_dict(checkpoint["state_dict"])
+    strategy = strategy_from_record(record.get("finetune"))
+    if record.get("adapter_only"):
+        # Adapters and head only: the frozen base is loaded again from `pretrained` (and the
+        # checkpoint the run started from, if any), then the saved weights go on top.
+        module = TASKS[task](
+            **checkpoint["hyper_parameters"], finetune=strategy, init_from=record.get("init_from")
+        )
+        result = module.load_state_dict(checkpoint["state_dict"], strict=False)
+        if result.unexpected_keys:
+            raise LmforgeError(
+                f"ckpt_path={str(path)!r}: {len(result.unexpected_keys)} saved weights do not "
+                f"fit the rebuilt {strategy.name} model (e.g. {result.unexpected_keys[0]}); was "
+                "the base model changed since the run?"
+            )
+    else:
+        module = TASKS[task](
+            **checkpoint["hyper_parameters"], hf_config=record["hf_config"], finetune=strategy
+        )
+        module.load_state_dict(checkpoint["state_dict"])
+    module.eval()
     return module
 
 

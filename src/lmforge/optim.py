@@ -19,8 +19,12 @@ def parameter_groups(
     layer_decay: float | None = None,
     depth_of: Callable[[torch.nn.Parameter], int] | None = None,
     depth: int = 0,
+    pending: Iterable[torch.nn.Parameter] = (),
 ) -> list[dict]:
     """Group trainable parameters for the optimizer.
+
+    `pending` parameters are frozen now but unfrozen later in the run (gradual unfreezing):
+    they join the optimizer from the start, which skips them while they have no gradient.
 
     Biases and norm weights get `weight_decay=0.0`; the rest inherit the optimizer's default.
     With `layer_decay` (layer-wise learning-rate decay), a parameter at depth d of `depth`
@@ -28,8 +32,9 @@ def parameter_groups(
     lower layers, which hold more general features, move less.
     """
     groups: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
+    later = {id(p) for p in pending}
     for name, param in named_parameters:
-        if not param.requires_grad:
+        if not param.requires_grad and id(param) not in later:
             continue
         is_norm_or_bias = param.ndim < 2 or any(m in name for m in NO_DECAY_MARKERS)
         level = depth_of(param) if (layer_decay and depth_of) else depth

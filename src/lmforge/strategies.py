@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -40,15 +41,33 @@ def freeze(modules: list[nn.Module]) -> None:
 
 
 class FinetuneStrategy:
-    """Decides which parameters of a freshly built task model train."""
+    """Decides which parameters of a freshly built task model train.
+
+    `apply` returns the model to train: the same object for full and frozen fine-tuning, a
+    PEFT wrapper for parameter-efficient methods.
+    """
 
     name = "full"
+    # Checkpoints hold only the trainable weights (adapters and head), not the frozen base.
+    adapter_only = False
 
-    def apply(self, model: PreTrainedModel) -> None:
-        """Set `requires_grad` on the model's parameters."""
+    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+        """Set `requires_grad` on the model's parameters; return the model to train."""
+        return model
 
-    def describe(self) -> dict:
-        return {"name": self.name}
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called at the start of every training epoch (gradual unfreezing)."""
+
+    def pending_parameters(self) -> list[nn.Parameter]:
+        """Frozen now, unfrozen later in the run: the optimizer holds them from the start."""
+        return []
+
+    def options(self) -> dict[str, Any]:
+        """The constructor arguments, so a checkpoint can rebuild the strategy."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options()}
 
 
 class Full(FinetuneStrategy):
@@ -62,38 +81,309 @@ class Freeze(FinetuneStrategy):
         embeddings: freeze the embedding layers.
         layers: freeze the bottom N transformer blocks.
         backbone: freeze the whole backbone (only the head trains: a linear probe).
+        unfreeze_every: gradual unfreezing: every this many epochs, unfreeze the next frozen
+            part from the top down (top block first, embeddings last); 0 keeps them frozen.
     """
 
     name = "freeze"
 
-    def __init__(self, embeddings: bool = False, layers: int = 0, backbone: bool = False):
+    def __init__(
+        self,
+        embeddings: bool = False,
+        layers: int = 0,
+        backbone: bool = False,
+        unfreeze_every: int = 0,
+    ):
         if layers < 0:
             raise LmforgeError(f"finetune.layers must be 0 or more, got {layers}.")
+        if unfreeze_every < 0:
+            raise LmforgeError(f"finetune.unfreeze_every must be 0 or more, got {unfreeze_every}.")
         self.embeddings = embeddings
         self.layers = layers
         self.backbone = backbone
+        self.unfreeze_every = unfreeze_every
+        # The frozen parts, top first: the order gradual unfreezing releases them in.
+        self._frozen_parts: list[list[nn.Parameter]] = []
 
-    def apply(self, model: PreTrainedModel) -> None:
+    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+        parts: list[list[nn.Module]] = []  # bottom first
         if self.backbone:
-            freeze([model.base_model])
-            return
-        if self.embeddings:
-            freeze(backbone_embeddings(model))
-        if self.layers:
             stack = backbone_layers(model)
-            if self.layers > len(stack):
-                raise LmforgeError(
-                    f"finetune.layers={self.layers}, but the model has {len(stack)} layers."
-                )
-            freeze(list(stack[: self.layers]))
+            embeddings = backbone_embeddings(model)
+            inside = {id(p) for m in [*stack, *embeddings] for p in m.parameters()}
+            # Pooler, final norm: what sits above the blocks unfreezes with the top block.
+            rest = [p for p in model.base_model.parameters() if id(p) not in inside]
+            parts = [embeddings, *[[block] for block in stack]]
+            self._frozen_parts = [[p for m in part for p in m.parameters()] for part in parts]
+            self._frozen_parts[-1].extend(rest)
+        else:
+            if self.embeddings:
+                parts.append(backbone_embeddings(model))
+            if self.layers:
+                stack = backbone_layers(model)
+                if self.layers > len(stack):
+                    raise LmforgeError(
+                        f"finetune.layers={self.layers}, but the model has {len(stack)} layers."
+                    )
+                parts.extend([block] for block in stack[: self.layers])
+            self._frozen_parts = [[p for m in part for p in m.parameters()] for part in parts]
+        self._frozen_parts.reverse()
+        self._set_frozen(released=0)
+        return model
 
-    def describe(self) -> dict:
+    def _set_frozen(self, released: int) -> None:
+        for index, part in enumerate(self._frozen_parts):
+            for param in part:
+                param.requires_grad = index < released
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        if self.unfreeze_every:
+            # A function of the epoch alone, so a resumed run is in the same state.
+            released = min(epoch // self.unfreeze_every, len(self._frozen_parts))
+            self._set_frozen(released)
+            if epoch % self.unfreeze_every == 0 and released:
+                log.info("Epoch %d: %d frozen parts released from the top", epoch, released)
+
+    def pending_parameters(self) -> list[nn.Parameter]:
+        if not self.unfreeze_every:
+            return []
+        return [p for part in self._frozen_parts for p in part]
+
+    def options(self) -> dict[str, Any]:
         return {
-            "name": self.name,
             "embeddings": self.embeddings,
             "layers": self.layers,
             "backbone": self.backbone,
+            "unfreeze_every": self.unfreeze_every,
         }
+
+
+# PEFT task types per lmforge task: they decide how prompt-learning methods wrap the model.
+PEFT_TASK_TYPES = {
+    "text_classification": "SEQ_CLS",
+    "token_classification": "TOKEN_CLS",
+    "causal_lm": "CAUSAL_LM",
+    "masked_lm": None,
+}
+
+
+def head_parameters(model: PreTrainedModel) -> dict[str, nn.Parameter]:
+    """The task head's own parameters: everything outside the backbone that is not tied to a
+    backbone weight (a masked-LM decoder shares the word embeddings; its transform does not)."""
+    backbone = {id(p) for p in model.base_model.parameters()}
+    return {
+        name: param
+        for name, param in model.named_parameters(remove_duplicate=False)
+        if not name.startswith(f"{model.base_model_prefix}.") and id(param) not in backbone
+    }
+
+
+class PeftStrategy(FinetuneStrategy):
+    """A parameter-efficient method of the `peft` library; the task head stays trainable."""
+
+    adapter_only = True
+    prompt_learning = False
+    # The lmforge tasks whose models peft can wrap with this method.
+    supported_tasks: tuple[str, ...] = tuple(PEFT_TASK_TYPES)
+
+    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+        raise NotImplementedError
+
+    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+        from peft import get_peft_model
+
+        if task not in self.supported_tasks:
+            raise LmforgeError(
+                f"finetune={self.name} is not supported for {task} by the peft library (it "
+                f"works for: {', '.join(self.supported_tasks)}). Use finetune=lora, ia3, freeze "
+                "or full."
+            )
+        head = head_parameters(model)
+        task_type = PEFT_TASK_TYPES[task] if self.prompt_learning or task == "causal_lm" else None
+        config = self.peft_config(model, task_type)
+        try:
+            wrapped = get_peft_model(model, config)
+        except ValueError as err:
+            raise LmforgeError(
+                f"finetune={self.name}: peft could not wrap {type(model).__name__}: {err} "
+                f"Linear modules of this model: {', '.join(linear_module_names(model))}."
+            ) from err
+        if not self.prompt_learning:
+            # Prompt-learning wrappers keep the head trainable themselves (modules_to_save).
+            for param in head.values():
+                param.requires_grad = True
+        return wrapped
+
+    def head_exclusions(self, model: PreTrainedModel) -> list[str]:
+        names = {n.rsplit(".", 1)[0] for n in head_parameters(model)}
+        return sorted(names)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct short names of the model's linear layers (what target_modules can name)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D)
+    }
+    return sorted(names)
+
+
+def _target_modules(value: Any) -> Any:
+    """`null` (peft's table per architecture), `all-linear`, or a list of module names."""
+    if value is None or isinstance(value, str):
+        return value
+    return list(value)
+
+
+class Lora(PeftStrategy):
+    """LoRA: a trainable low-rank update `B @ A * alpha / r` beside frozen linear weights.
+
+    Args:
+        r: rank of the update.
+        alpha: scale of the update (`alpha / r` multiplies it).
+        dropout: dropout on the LoRA input.
+        target_modules: module names to adapt; null takes peft's table for the architecture
+            (BERT: query, value; GPT-2: c_attn), `all-linear` every linear layer but the head.
+        use_dora: DoRA (weight-decomposed LoRA): magnitude and direction trained apart.
+        bias: which biases train: none, all or lora_only.
+    """
+
+    name = "lora"
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.1,
+        target_modules: Any = None,
+        use_dora: bool = False,
+        bias: str = "none",
+    ):
+        if r < 1:
+            raise LmforgeError(f"finetune.r (the LoRA rank) must be 1 or more, got {r}.")
+        if not 0 <= dropout < 1:
+            raise LmforgeError(f"finetune.dropout must be in [0, 1), got {dropout}.")
+        self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.target_modules = _target_modules(target_modules)
+        self.use_dora, self.bias = use_dora, bias
+        if use_dora:
+            self.name = "dora"
+
+    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            task_type=task_type,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            exclude_modules=self.head_exclusions(model) or None,
+            use_dora=self.use_dora,
+            bias=self.bias,
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "use_dora": self.use_dora,
+            "bias": self.bias,
+        }
+
+
+class IA3(PeftStrategy):
+    """IA3: learned vectors that rescale keys, values and feed-forward activations.
+
+    Args:
+        target_modules: module names to rescale; null takes peft's table per architecture.
+        feedforward_modules: which of them are feed-forward layers (scaled on their input).
+    """
+
+    name = "ia3"
+
+    def __init__(self, target_modules: Any = None, feedforward_modules: Any = None):
+        self.target_modules = _target_modules(target_modules)
+        self.feedforward_modules = _target_modules(feedforward_modules)
+
+    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+        from peft import IA3Config
+
+        return IA3Config(
+            task_type=task_type,
+            target_modules=self.target_modules,
+            feedforward_modules=self.feedforward_modules,
+            exclude_modules=self.head_exclusions(model) or None,
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "target_modules": self.target_modules,
+            "feedforward_modules": self.feedforward_modules,
+        }
+
+
+class PromptTuning(PeftStrategy):
+    """Prompt tuning: trainable virtual-token embeddings prepended to every input.
+
+    Args:
+        num_virtual_tokens: how many virtual tokens are prepended.
+    """
+
+    name = "prompt_tuning"
+    prompt_learning = True
+    # Virtual tokens shift every position, so per-token labels no longer line up.
+    supported_tasks = ("text_classification", "causal_lm")
+
+    def __init__(self, num_virtual_tokens: int = 20):
+        if num_virtual_tokens < 1:
+            raise LmforgeError(
+                f"finetune.num_virtual_tokens must be 1 or more, got {num_virtual_tokens}."
+            )
+        self.num_virtual_tokens = num_virtual_tokens
+
+    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens)
+
+    def options(self) -> dict[str, Any]:
+        return {"num_virtual_tokens": self.num_virtual_tokens}
+
+
+class PrefixTuning(PromptTuning):
+    """Prefix tuning: trainable key/value prefixes in every attention layer."""
+
+    name = "prefix_tuning"
+
+    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens)
+
+
+STRATEGIES: dict[str, type[FinetuneStrategy]] = {
+    "full": Full,
+    "freeze": Freeze,
+    "lora": Lora,
+    "dora": Lora,
+    "ia3": IA3,
+    "prompt_tuning": PromptTuning,
+    "prefix_tuning": PrefixTuning,
+}
+
+
+def strategy_from_record(record: dict[str, Any] | None) -> FinetuneStrategy:
+    """Rebuild a strategy from its `describe()` record (saved in checkpoints)."""
+    if not record:
+        return Full()
+    options = {k: v for k, v in record.items() if k != "name"}
+    return STRATEGIES[record["name"]](**options)
 
 
 def merged_copy(model: nn.Module) -> PreTrainedModel:

@@ -116,6 +116,7 @@ def _build_module(cfg: DictConfig, datamodule: TextDataModule) -> TaskModule:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         finetune=instantiate(cfg.finetune) if cfg.get("finetune") else None,
+        distill=instantiate(cfg.distill) if cfg.distill.teacher else None,
         **task_inputs,
     )
     counts = module.parameter_counts()
@@ -240,7 +241,14 @@ def _best_validation(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | N
     if score is None:
         return None
     path = getattr(callback, "best_model_path", "") if callback else ""
-    return {"metric": cfg.optimized_metric, "value": _scalar(score), "checkpoint": path or None}
+    size = Path(path).stat().st_size if path and Path(path).is_file() else None
+    return {
+        "metric": cfg.optimized_metric,
+        "value": _scalar(score),
+        "checkpoint": path or None,
+        # PEFT checkpoints hold adapters and head only: the size shows it.
+        "checkpoint_megabytes": round(size / 2**20, 3) if size else None,
+    }
 
 
 def _scalar(value: Any) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -19,6 +19,9 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from lmforge.errors import LmforgeError
 from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
 from lmforge.strategies import FinetuneStrategy, Full
+
+if TYPE_CHECKING:
+    from lmforge.distillation import Distillation
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,12 @@ class TaskModule(pl.LightningModule):
         finetune: the strategy choosing which weights train (default: all).
         init_from: an lmforge checkpoint whose weights replace the loaded ones where names and
             shapes match (continued fine-tuning; no optimizer or trainer state is taken).
+        distill: knowledge distillation from a teacher (`lmforge.distillation.Distillation`).
     """
 
     task_name: ClassVar[str] = ""
+    # The transformers Auto class of the task's models (loads a distillation teacher by name).
+    auto_class: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -57,14 +63,16 @@ class TaskModule(pl.LightningModule):
         hf_config: dict[str, Any] | None = None,
         finetune: FinetuneStrategy | None = None,
         init_from: str | None = None,
+        distill: Distillation | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["optimizer", "scheduler", "hf_config", "finetune", "init_from"]
+            ignore=["optimizer", "scheduler", "hf_config", "finetune", "init_from", "distill"]
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._hf_config = hf_config
+        self.init_from = init_from
         # What the model starts from, for before/after records: set by load_pretrained.
         self.start: dict[str, Any] = {}
         self.model: PreTrainedModel = self.build_model()
@@ -73,7 +81,13 @@ class TaskModule(pl.LightningModule):
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
         self.finetune = finetune or Full()
-        self.finetune.apply(self.model)
+        self.model = self.finetune.apply(self.model, self.task_name)
+        # A PEFT checkpoint holds adapters and head only; the frozen base comes from `pretrained`.
+        self.adapter_only = self.finetune.adapter_only and not self._built_from_scratch()
+        self.strict_loading = not self.adapter_only
+        self.distill = distill
+        if distill is not None:
+            distill.attach(self)
         # A separate metric set per stage, so validation and test never share state.
         self.train_metrics = self.configure_metrics("train")
         self.val_metrics = self.configure_metrics("val")
@@ -193,8 +207,30 @@ class TaskModule(pl.LightningModule):
 
         return merged_copy(self.model)
 
+    def _built_from_scratch(self) -> bool:
+        return self._hf_config is not None or bool(self.hparams.get("from_config"))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lmforge"] = {"task": self.task_name, "hf_config": self.model.config.to_dict()}
+        checkpoint["lmforge"] = {
+            "task": self.task_name,
+            "hf_config": self.model.config.to_dict(),
+            "finetune": self.finetune.describe(),
+            "adapter_only": self.adapter_only,
+            "init_from": self.init_from,
+        }
+        if self.adapter_only:
+            trainable = {f"{n}" for n, p in self.named_parameters() if p.requires_grad}
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+
+    # ----- distillation ---------------------------------------------------------------------------
+    def supports_distillation(self) -> bool:
+        """Whether `forward_loss` returns logits a teacher's can be compared with."""
+        return False
+
+    def distillation_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Where the distillation term counts (None: every example)."""
+        return None
 
     # ----- parameters and optimization -------------------------------------------------------
     def parameter_counts(self) -> dict[str, float]:
@@ -224,7 +260,12 @@ class TaskModule(pl.LightningModule):
             raise LmforgeError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}.")
         depth_of, depth = self._layer_depths() if layer_decay else (None, 0)
         groups = parameter_groups(
-            self.named_parameters(), options.get("lr"), layer_decay, depth_of, depth
+            self.named_parameters(),
+            options.get("lr"),
+            layer_decay,
+            depth_of,
+            depth,
+            pending=self.finetune.pending_parameters(),
         )
         optimizer = factory(groups)
         if self.scheduler_factory is None:
@@ -260,12 +301,27 @@ class TaskModule(pl.LightningModule):
     def forward(self, **inputs: torch.Tensor) -> Any:
         return self.model(**inputs)
 
+    def on_fit_start(self) -> None:
+        if self.finetune.pending_parameters() and self.trainer.world_size > 1:
+            # DDP registers its gradient hooks once, on the parameters trainable at the start.
+            raise LmforgeError(
+                "finetune.unfreeze_every (gradual unfreezing) needs a single-process run; "
+                f"this trainer runs {self.trainer.world_size} processes."
+            )
+        if self.distill is not None:
+            self.distill.teacher.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self.finetune.on_train_epoch_start(self.current_epoch)
+
     @staticmethod
     def batch_size_of(batch: dict[str, torch.Tensor]) -> int:
         return int(batch["input_ids"].shape[0])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.forward_loss(batch)
+        loss, outputs = self.forward_loss(batch)
+        if self.distill is not None:
+            loss = self.distill.combined_loss(self, loss, outputs, batch)
         self.log(
             "train/loss",
             loss,

@@ -29,6 +29,7 @@ class TextClassificationModule(TaskModule):
     """
 
     task_name = "text_classification"
+    auto_class = AutoModelForSequenceClassification
 
     def __init__(
         self,
@@ -51,7 +52,11 @@ class TextClassificationModule(TaskModule):
         fields["problem_type"] = (
             "multi_label_classification" if self.multi_label else "single_label_classification"
         )
-        return self.load_pretrained(AutoModelForSequenceClassification, **fields)
+        return self.load_pretrained(self.auto_class, **fields)
+
+    def supports_distillation(self) -> bool:
+        # A softmax over classes; independent sigmoids (multi-label) have no such distribution.
+        return not self.multi_label
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}

@@ -39,6 +39,7 @@ class TokenClassificationModule(TaskModule):
     """
 
     task_name = "token_classification"
+    auto_class = AutoModelForTokenClassification
 
     def __init__(
         self,
@@ -58,13 +59,19 @@ class TokenClassificationModule(TaskModule):
 
     def build_model(self) -> PreTrainedModel:
         fields = self.label_fields(self.label_names, self.classifier_dropout)
-        return self.load_pretrained(AutoModelForTokenClassification, **fields)
+        return self.load_pretrained(self.auto_class, **fields)
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs).logits  # (batch, seq, num_tags)
         loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
         return loss, logits
+
+    def supports_distillation(self) -> bool:
+        return True
+
+    def distillation_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["labels"] != IGNORE  # (batch, seq): labelled subwords only
 
     def configure_metrics(self, stage: str) -> nn.Module:
         if stage == "train":
