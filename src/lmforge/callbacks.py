@@ -76,3 +76,12 @@ class TrainThroughput(pl.Callback):
     @property
     def samples_per_second(self) -> float | None:
         return self.samples / self.seconds if self.seconds else None
+
+
+def peak_memory() -> dict[str, float | None]:
+    """Peak resident memory of this process and peak CUDA memory allocated, in MiB."""
+    import resource
+
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"rss_megabytes": round(rss_kib / 1024, 1), "cuda_megabytes": cuda}

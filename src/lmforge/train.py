@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmforge.callbacks import RandomState, TrainThroughput
+from lmforge.callbacks import RandomState, TrainThroughput, peak_memory
 from lmforge.checkpoints import read_checkpoint
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
@@ -86,6 +86,7 @@ def train(
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
         "train_samples_per_second": samples_per_second,
+        "peak_memory": peak_memory(),
         **progress,
         "parameters": module.parameter_counts(),
         "finetune": module.finetune.describe(),
