@@ -204,3 +204,34 @@ def test_text_file_mode_document_reads_one_example_per_file(tmp_path, tiny_model
         "test": 1,
     }
     assert dm.meta["stats"]["train"]["truncated"] == 1  # the whole file is far over 16 tokens
+
+
+def test_lora_on_a_pretrained_causal_lm_saves_adapters_and_generates(make_cfg, tmp_path, tiny_text):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from lmforge.resources import embedded_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny_gpt2"
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    train(
+        make_cfg(
+            "experiment=debian_lm_gpt2_scratch",
+            "model=gpt2",
+            f"model.pretrained={folder}",
+            "finetune=lora",
+            f"data.train_file={tiny_text / 'train.txt'}",
+            "data.block_size=16",
+            "debug=limit",
+            "model.generate_max_new_tokens=3",
+        )
+    )
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert saved and all("lora_" in key for key in saved)  # GPT-2's head is tied: no head weights
+    module = load_task_module(ckpt)
+    assert module.generate(["match goal"])[0].startswith("match goal")
