@@ -99,7 +99,7 @@ def test_documented_keys_exist():
 
 
 @pytest.mark.parametrize(
-    ("group", "option"), [(g, o) for g in ("data", "model") for o in options(g)]
+    ("group", "option"), [(g, o) for g in ("data", "model", "finetune") for o in options(g)]
 )
 def test_no_config_key_goes_unread(group, option):
     """Every key of every data and model config is a parameter of the class it builds."""
