@@ -1,0 +1,589 @@
+"""Deployment export: a checkpoint as a Hugging Face folder, an ONNX graph or a TorchScript
+module, checked against the PyTorch model on real inputs.
+
+The export folder is self-contained: the model, the run's tokenizer, `lmforge.json` (what
+`lmforge-predict` and a user need to run it: task, labels, inputs, max_length) and
+`parity.json`, the largest logit difference between the exported model and the training
+module on batches of shapes other than the one traced. Parity beyond `tolerance` is an error;
+the files are kept for inspection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lmforge import __version__
+from lmforge.checkpoints import load_task_module, run_dir_of
+from lmforge.errors import LmforgeError
+from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, write_json, write_new
+from lmforge.tasks import TaskModule
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hf", "onnx", "torchscript")
+# What `pip install lmforge[onnx]` brings: the exporter's backend and the runtime of the check.
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+# The ONNX exporter's optimizer logs every rewrite at INFO: hundreds of lines per export.
+ONNX_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
+INFO_FILE = "lmforge.json"
+PARITY_FILE = "parity.json"
+MODEL_FILES = {"hf": None, "onnx": "model.onnx", "torchscript": "model.pt"}
+# Task -> the Auto class that loads an exported folder and the matching pipeline task.
+HF_TASKS = {
+    "text_classification": ("AutoModelForSequenceClassification", "text-classification"),
+    "token_classification": ("AutoModelForTokenClassification", "token-classification"),
+    "causal_lm": ("AutoModelForCausalLM", "text-generation"),
+    "masked_lm": ("AutoModelForMaskedLM", "fill-mask"),
+}
+# Positional order of the exported inputs (TorchScript and ONNX take them in this order).
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+# Language models train on ids and mask only; a WordPiece tokenizer's token_type_ids would
+# add an embedding GPT-2 never saw.
+LM_TASKS = ("causal_lm", "masked_lm")
+
+# Tokens per row and padded width of the traced example (its second row is padded, so the
+# trace records the masking path), and of the check batches: other batch sizes and lengths,
+# one padded and one without padding (width None: as long as its row).
+EXPORT_BATCH: tuple[tuple[int, ...], int | None] = ((16, 9), 16)
+CHECK_BATCHES: tuple[tuple[tuple[int, ...], int | None], ...] = (((23, 14, 6), 23), ((11,), None))
+# Parity inputs when neither parity_texts nor the run's data can be read.
+BUILTIN_TEXTS = (
+    "The library reads and writes spreadsheets in several formats and converts between them "
+    "without losing formulas or cell styles.",
+    "A small command-line tool that watches a folder and uploads every new photo to a remote "
+    "server over an encrypted connection.",
+    "This package provides the documentation for the game engine, including tutorials, the "
+    "scripting reference and many examples.",
+    "An editor for music notation: it plays back scores, prints parts for each instrument and "
+    "imports files from other programs.",
+    "Tools to analyse large data sets of weather measurements, with plots of temperature, rain "
+    "and wind over many years.",
+    "The mail client keeps messages in local folders, filters spam and encrypts letters with "
+    "the keys of their receivers.",
+)
+
+Batch = dict[str, torch.Tensor]
+Runner = Callable[[Batch], torch.Tensor]
+Text = tuple[str, str | None]
+
+
+def export(cfg: DictConfig) -> Path:
+    """Export `cfg.ckpt_path` in `cfg.format`, check parity and return the export folder."""
+    fmt = _check_options(cfg)
+    out = _output_dir(cfg)
+    module = load_task_module(cfg.ckpt_path).eval()
+    data_cfg = _run_data_config(cfg, run_dir_of(cfg.ckpt_path))
+    model = module.export_model().eval()  # a copy with any adapter merged
+    tokenizer, input_names = _export_tokenizer(module.task_name, model, data_cfg.tokenizer)
+    example, checks = _parity_batches(tokenizer, _parity_texts(cfg, data_cfg), input_names, model)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    log.info("Exporting %s as %s to %s", cfg.ckpt_path, fmt, out)
+    run_exported = _save_model(fmt, model, example, input_names, out, cfg, module.task_name)
+    _write_info(out, cfg, fmt, module, model, data_cfg, input_names)
+    _write_model_card(out, fmt, module.task_name, cfg.ckpt_path, input_names)
+    report = check_parity(module, run_exported, checks, fmt, float(cfg.tolerance))
+    _record_parity(out, report)
+    return out
+
+
+# ----- options and folders --------------------------------------------------------------------
+def _check_options(cfg: DictConfig) -> str:
+    """Fail fast, before loading anything, on settings that cannot work."""
+    fmt = str(cfg.format)
+    if fmt not in FORMATS:
+        raise LmforgeError(
+            f"format={fmt!r} is not an export format; expected one of {', '.join(FORMATS)}."
+        )
+    if not cfg.ckpt_path:
+        raise LmforgeError(
+            "ckpt_path must name a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt"
+        )
+    if isinstance(cfg.tolerance, bool) or not isinstance(cfg.tolerance, (int, float)):
+        raise LmforgeError(f"tolerance must be a number of 0 or more, got {cfg.tolerance!r}.")
+    if cfg.tolerance < 0:
+        raise LmforgeError(f"tolerance must be a number of 0 or more, got {cfg.tolerance}.")
+    if fmt == "onnx":
+        require_onnx_extras()
+    return fmt
+
+
+def require_onnx_extras() -> None:
+    """The ONNX exporter and runtime are optional dependencies: name what is missing."""
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise LmforgeError(
+            f"format=onnx needs the packages {', '.join(ONNX_PACKAGES)}; missing: "
+            f"{', '.join(missing)}. Install them with `pip install lmforge[onnx]` (or choose "
+            "format=hf or format=torchscript)."
+        )
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    """The export folder: `output_dir` when set (new or empty), else this run's directory,
+    which may hold only Hydra's record of this command."""
+    if cfg.output_dir:
+        out, key, allowed = Path(str(cfg.output_dir)).expanduser(), "output_dir", set()
+    else:
+        out, key = Path(str(cfg.paths.output_dir)), "paths.output_dir"
+        allowed = {".hydra", f"{cfg.task_name}.log"}
+    if out.exists() and not out.is_dir():
+        raise LmforgeError(f"{key}={str(out)!r} is a file; the export needs a folder.")
+    if out.is_dir():
+        found = sorted(p.name for p in out.iterdir() if p.name not in allowed)
+        if found:
+            raise LmforgeError(
+                f"{key}={str(out)!r} is not empty (it holds {', '.join(found[:5])}"
+                f"{', ...' if len(found) > 5 else ''}); lmforge-export never overwrites files. "
+                "Name a new or empty folder, or leave output_dir unset for a new run directory "
+                "under outputs/export/."
+            )
+    return out
+
+
+def _run_data_config(cfg: DictConfig, source: Path) -> DictConfig:
+    """The data section of the checkpoint's run, with the run's saved tokenizer."""
+    if not (source / CONFIG_FILE).is_file():
+        raise LmforgeError(
+            f"ckpt_path={cfg.ckpt_path!r}: its run directory {source} holds no {CONFIG_FILE}; "
+            "lmforge-export needs the run directory a checkpoint was saved in."
+        )
+    if not (source / TOKENIZER_DIR).is_dir():
+        raise LmforgeError(
+            f"ckpt_path={cfg.ckpt_path!r}: its run directory {source} holds no "
+            f"{TOKENIZER_DIR}/ folder; the export ships the run's tokenizer."
+        )
+    data_cfg = OmegaConf.load(source / CONFIG_FILE).data
+    data_cfg.tokenizer = str(source / TOKENIZER_DIR)
+    return data_cfg
+
+
+# ----- tokenizer and inputs -------------------------------------------------------------------
+def _export_tokenizer(
+    task: str, model: PreTrainedModel, tokenizer_dir: str
+) -> tuple[PreTrainedTokenizerBase, list[str]]:
+    """The run's tokenizer, set to give exactly the exported model's inputs, and their names
+    in `INPUT_ORDER`: what the tokenizer gives and the model's forward accepts (language
+    models: ids and mask, as in training)."""
+    try:
+        produced = AutoTokenizer.from_pretrained(tokenizer_dir).model_input_names
+        accepted = inspect.signature(model.forward).parameters
+        names = [n for n in INPUT_ORDER if n in produced and n in accepted]
+        if task in LM_TASKS:
+            names = [n for n in names if n != "token_type_ids"]
+        # Passed at load, the names are saved with the tokenizer (an attribute set later is not).
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, model_input_names=names)
+    except Exception as err:
+        raise LmforgeError(
+            f"The run's tokenizer {tokenizer_dir} could not be loaded: {err}"
+        ) from err
+    if tokenizer.pad_token is None:
+        raise LmforgeError(
+            f"The run's tokenizer {tokenizer_dir} has no pad token, so batches of different "
+            "lengths cannot be checked; the run's tokenizer should have been saved with one."
+        )
+    return tokenizer, names
+
+
+def _position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest sequence the model takes (position embeddings), capped by the tokenizer."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512)
+    return int(min(limit, tokenizer.model_max_length))
+
+
+def _parity_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[Text],
+    input_names: list[str],
+    model: PreTrainedModel,
+) -> tuple[Batch, list[Batch]]:
+    """The traced example (`EXPORT_BATCH`) and the check batches (`CHECK_BATCHES`), each from
+    other texts where there are enough."""
+    limit = _position_limit(model, tokenizer)
+    example = _encode(tokenizer, texts[:2], *EXPORT_BATCH, input_names, limit)
+    checks, start = [], len(EXPORT_BATCH[0])
+    for lengths, width in CHECK_BATCHES:
+        rows = [texts[(start + i) % len(texts)] for i in range(len(lengths))]
+        checks.append(_encode(tokenizer, rows, lengths, width, input_names, limit))
+        start += len(lengths)
+    return example, checks
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Text],
+    lengths: Sequence[int],
+    width: int | None,
+    input_names: list[str],
+    limit: int,
+) -> Batch:
+    """A batch of real inputs: row i cut at lengths[i] tokens, all padded to `width` (None:
+    to the longest row)."""
+    features = [
+        tokenizer(text, pair, truncation=True, max_length=min(length, limit))
+        for (text, pair), length in zip(rows, lengths, strict=True)
+    ]
+    padding = {"padding": "max_length", "max_length": min(width, limit)} if width else {}
+    batch = tokenizer.pad(features, return_tensors="pt", **padding)
+    return {name: batch[name] for name in input_names}
+
+
+def _parity_texts(cfg: DictConfig, data_cfg: DictConfig) -> list[Text]:
+    """Texts for the example and the check batches: `parity_texts`, else the run's data,
+    else built-in sentences. Sentence-pair models get a second text per row."""
+    pair_model = bool(data_cfg.get("text_pair_column"))
+    if cfg.parity_texts:
+        path = Path(str(cfg.parity_texts)).expanduser()
+        if not path.is_file():
+            raise LmforgeError(f"parity_texts={cfg.parity_texts!r}: no such file.")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise LmforgeError(f"parity_texts={cfg.parity_texts!r}: the file holds no text.")
+        return _as_rows(lines, pair_model)
+    rows = _data_texts(data_cfg)
+    if rows:
+        return rows
+    log.info("No readable data file in the run's config; checking parity on built-in sentences.")
+    return _as_rows(list(BUILTIN_TEXTS), pair_model)
+
+
+def _as_rows(texts: list[str], pair_model: bool) -> list[Text]:
+    """Plain texts as rows; a pair model pairs each text with the next one."""
+    if not pair_model:
+        return [(t, None) for t in texts]
+    return [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)]
+
+
+def _data_texts(data_cfg: DictConfig, wanted: int = 8) -> list[Text]:
+    """Up to `wanted` texts of the run's validation, test or training file (the first that
+    reads), through the run's own datamodule reader; [] when none can be read."""
+    try:
+        datamodule = instantiate(data_cfg)
+    except Exception as err:
+        log.info("The run's data config could not be instantiated for parity texts: %s", err)
+        return []
+    pair_column = getattr(datamodule, "text_pair_column", None)
+    for split in ("validation", "test", "train"):
+        path = datamodule.sources.get(f"{split}_file")
+        if not path or not Path(str(path)).is_file():
+            continue
+        try:
+            dataset = datamodule.read_file(str(path), f"data.{split}_file")
+        except LmforgeError as err:
+            log.info("Parity texts: %s", err)
+            continue
+        # Read after read_file: CoNLL and .txt readers set the column they produced.
+        words_column = getattr(datamodule, "token_column", None)
+        rows: list[Text] = []
+        for row in dataset.select(range(min(len(dataset), 10 * wanted))):
+            text = " ".join(row[words_column]) if words_column else row[datamodule.text_column]
+            if isinstance(text, str) and text.strip():
+                rows.append((text, str(row[pair_column]) if pair_column else None))
+            if len(rows) == wanted:
+                break
+        if rows:
+            log.info("Parity texts: %d rows of %s", len(rows), path)
+            return rows
+    return []
+
+
+# ----- exporters: each saves the model and returns a function running the saved file ----------
+class LogitsOnly(nn.Module):
+    """The model as tracing and ONNX want it: tensors in `INPUT_ORDER` in, logits out (no
+    output dict, no cache)."""
+
+    def __init__(self, model: PreTrainedModel, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+        accepted = inspect.signature(model.forward).parameters
+        self.options = {"return_dict": False}
+        if "use_cache" in accepted:
+            self.options["use_cache"] = False
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        given = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
+        inputs = {name: given[name] for name in self.input_names}
+        return self.model(**inputs, **self.options)[0]  # (batch, labels) or (batch, seq, n)
+
+
+def _export_hf(
+    model: PreTrainedModel,
+    example: Batch,
+    input_names: list[str],
+    out: Path,
+    cfg: DictConfig,
+    task: str,
+) -> Runner:
+    """save_pretrained (adapters already merged); the check reloads it through its Auto class."""
+    import transformers
+
+    model.save_pretrained(out)
+    auto_class = getattr(transformers, HF_TASKS[task][0])
+    reloaded = auto_class.from_pretrained(out).eval()
+    return lambda batch: reloaded(**batch).logits
+
+
+def _export_onnx(
+    model: PreTrainedModel,
+    example: Batch,
+    input_names: list[str],
+    out: Path,
+    cfg: DictConfig,
+    task: str,
+) -> Runner:
+    """torch.onnx (dynamo exporter) with dynamic batch and sequence axes; checked in
+    onnxruntime. Weights stay inside model.onnx unless past protobuf's 2 GB limit."""
+    import onnxruntime
+
+    path = out / MODEL_FILES["onnx"]
+    model.config.save_pretrained(out)
+    batch_dim, sequence_dim = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    with warnings.catch_warnings(), _quiet(ONNX_CHATTY_LOGGERS):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            LogitsOnly(model, input_names).eval(),
+            tuple(example[name] for name in input_names),
+            str(path),
+            input_names=input_names,
+            output_names=["logits"],
+            dynamic_shapes={name: {0: batch_dim, 1: sequence_dim} for name in input_names},
+            opset_version=int(cfg.onnx_opset),
+            external_data=size >= 2**31 - 2**26,
+            dynamo=True,
+            verbose=False,
+        )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph_inputs = [i.name for i in session.get_inputs()]
+
+    def run(batch: Batch) -> torch.Tensor:
+        feeds = {name: batch[name].numpy() for name in graph_inputs}
+        return torch.from_numpy(session.run(["logits"], feeds)[0])
+
+    return run
+
+
+def _export_torchscript(
+    model: PreTrainedModel,
+    example: Batch,
+    input_names: list[str],
+    out: Path,
+    cfg: DictConfig,
+    task: str,
+) -> Runner:
+    """torch.jit.trace on the example; the tracer freezes Python decisions on shapes, which is
+    what the check on other shapes is for. Checked after torch.jit.load."""
+    path = out / MODEL_FILES["torchscript"]
+    model.config.save_pretrained(out)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(
+            LogitsOnly(model, input_names).eval(),
+            tuple(example[name] for name in input_names),
+            strict=False,
+            check_trace=False,
+        )
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    return lambda batch: loaded(*(batch[name] for name in input_names))
+
+
+@contextlib.contextmanager
+def _quiet(names: Sequence[str]) -> Iterator[None]:
+    """Keep libraries' step-by-step INFO lines out of the run log for a while."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+EXPORTERS: dict[str, Callable[..., Runner]] = {
+    "hf": _export_hf,
+    "onnx": _export_onnx,
+    "torchscript": _export_torchscript,
+}
+
+
+def _save_model(fmt: str, model: PreTrainedModel, *args: Any) -> Runner:
+    """Run the format's exporter; its failures become one readable error."""
+    try:
+        return EXPORTERS[fmt](model, *args)
+    except LmforgeError:
+        raise
+    except Exception as err:
+        raise LmforgeError(
+            f"format={fmt}: exporting this {model.config.model_type} model failed "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0]}); set "
+            "HYDRA_FULL_ERROR=1 for the full trace, or try another format."
+        ) from err
+
+
+# ----- parity ---------------------------------------------------------------------------------
+def max_abs_diff(reference: torch.Tensor, exported: torch.Tensor, mask: torch.Tensor) -> float:
+    """Largest absolute logit difference; per-token logits only where `mask` has a token
+    (padding positions carry no prediction). Shape mismatch or NaN count as infinite."""
+    if reference.shape != exported.shape:
+        return math.inf
+    difference = (reference.float() - exported.float()).abs()
+    if difference.dim() == 3:  # (batch, seq, n): keep the positions that hold tokens
+        difference = difference[mask.bool()]
+    value = float(difference.max()) if difference.numel() else 0.0
+    return value if math.isfinite(value) else math.inf
+
+
+def check_parity(
+    module: TaskModule,
+    run_exported: Runner,
+    batches: list[Batch],
+    fmt: str,
+    tolerance: float,
+) -> dict[str, Any]:
+    """Run the training module and the exported model on each batch; the parity record."""
+    inputs, worst = [], 0.0
+    with torch.no_grad():
+        for batch in batches:
+            reference = module.model(**batch).logits
+            diff = max_abs_diff(reference, run_exported(batch), batch["attention_mask"])
+            padded = bool((batch["attention_mask"] == 0).any())
+            inputs.append(
+                {"shape": list(batch["input_ids"].shape), "padded": padded, "max_abs_diff": diff}
+            )
+            worst = max(worst, diff)
+    for record in inputs:
+        log.info("Parity %s on %s: max |diff| %.3g", fmt, record["shape"], record["max_abs_diff"])
+    return {
+        "format": fmt,
+        "max_abs_diff": worst if math.isfinite(worst) else None,
+        "tolerance": tolerance,
+        "inputs": inputs,
+        "passed": math.isfinite(worst) and worst <= tolerance,
+    }
+
+
+def _record_parity(out: Path, report: dict[str, Any]) -> None:
+    """Write parity.json; a failed check is an error (the files stay for inspection)."""
+    write_json(out, PARITY_FILE, report)
+    fmt, tolerance, diff = report["format"], report["tolerance"], report["max_abs_diff"]
+    if not report["passed"]:
+        found = f"by up to {diff} in" if diff is not None else "with non-finite or misshaped"
+        raise LmforgeError(
+            f"Parity check failed: the {fmt} export differs from the PyTorch model {found} "
+            f"the logits, above tolerance={tolerance} (see {out / PARITY_FILE}; the files are kept "
+            "for inspection). Check the export, or raise `tolerance=` if the difference is "
+            "acceptable for this model."
+        )
+    log.info("Exported %s to %s; parity max |diff| %.3g <= %g", fmt, out, diff, tolerance)
+
+
+# ----- records --------------------------------------------------------------------------------
+def _write_info(
+    out: Path,
+    cfg: DictConfig,
+    fmt: str,
+    module: TaskModule,
+    model: PreTrainedModel,
+    data_cfg: DictConfig,
+    input_names: list[str],
+) -> None:
+    """lmforge.json: what running the export needs beyond the model and tokenizer."""
+    auto_class, pipeline_task = HF_TASKS[module.task_name]
+    max_length = data_cfg.max_length if "max_length" in data_cfg else data_cfg.get("block_size")
+    text_column = data_cfg.get("text_column") or data_cfg.get("token_column")
+    write_json(
+        out,
+        INFO_FILE,
+        {
+            "task": module.task_name,
+            "format": fmt,
+            "model_file": MODEL_FILES[fmt],
+            "inputs": input_names,
+            "output": "logits",
+            "labels": list(getattr(module, "label_names", None) or []) or None,
+            "max_length": max_length,
+            "multi_label": bool(getattr(module, "multi_label", False)),
+            "threshold": getattr(module, "threshold", None),
+            "text_column": text_column,
+            "text_pair_column": data_cfg.get("text_pair_column"),
+            "auto_class": auto_class,
+            "pipeline_task": pipeline_task,
+            "model_type": model.config.model_type,
+            "source_checkpoint": str(Path(str(cfg.ckpt_path)).expanduser().resolve()),
+            "lmforge_version": __version__,
+        },
+    )
+
+
+def _write_model_card(
+    out: Path, fmt: str, task: str, ckpt_path: str, input_names: list[str]
+) -> None:
+    """A short README.md: where the model comes from and how to run it."""
+    auto_class, pipeline_task = HF_TASKS[task]
+    folder = "path/to/this/folder"
+    load_tokenizer = (
+        "from transformers import AutoTokenizer\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n'
+    )
+    usage = {
+        "hf": (
+            "from transformers import pipeline\n"
+            f'model = pipeline("{pipeline_task}", model="{folder}")\n'
+            f'# or: transformers.{auto_class}.from_pretrained("{folder}")'
+        ),
+        "onnx": (
+            f"import onnxruntime\n{load_tokenizer}"
+            f'session = onnxruntime.InferenceSession("{folder}/model.onnx")\n'
+            'inputs = dict(tokenizer(["some text"], return_tensors="np"))\n'
+            'logits = session.run(["logits"], inputs)[0]'
+        ),
+        "torchscript": (
+            f"import torch\n{load_tokenizer}"
+            f'model = torch.jit.load("{folder}/model.pt")\n'
+            'inputs = tokenizer(["some text"], return_tensors="pt")\n'
+            f"logits = model({', '.join(f'inputs[{n!r}]' for n in input_names)})"
+        ),
+    }[fmt]
+    header = f"---\nlibrary_name: transformers\npipeline_tag: {pipeline_task}\n---\n\n"
+    text = (
+        f"{header if fmt == 'hf' else ''}# {task.replace('_', ' ')} model ({fmt})\n\n"
+        f"Exported by lmforge {__version__} from `{ckpt_path}`. `{INFO_FILE}` records the task, "
+        f"labels, inputs and maximum length; `{PARITY_FILE}` the largest logit difference from "
+        "the PyTorch model on real inputs.\n\n"
+        f"```python\n{usage}\n```\n"
+    )
+    write_new(out / "README.md", text)
