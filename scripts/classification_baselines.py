@@ -3,7 +3,9 @@
     python scripts/classification_baselines.py --data-dir src/lmforge/resources/debian_packages
 
 The regularisation strength C of the logistic regression is chosen on the validation split,
-never on the test split. Needs scikit-learn (in the `dev` extra).
+never on the test split. The baselines live in `lmforge.baselines` (training runs put them in
+their before/after table); this prints them for a folder of CSV files. Needs scikit-learn:
+pip install 'lmforge[baselines]'.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
+
+from lmforge.baselines import fit_tfidf_logreg, majority_label, require_sklearn
+from lmforge.errors import LmforgeError
 
 
 def main() -> None:
@@ -25,28 +27,25 @@ def main() -> None:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     args = parser.parse_args()
-    splits = {s: pd.read_csv(args.data_dir / f"{s}.csv") for s in ("train", "validation", "test")}
-    x = {s: df[args.text_column].astype(str) for s, df in splits.items()}
-    y = {s: df[args.label_column].astype(str) for s, df in splits.items()}
+    try:
+        require_sklearn()
+    except LmforgeError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    from sklearn.metrics import accuracy_score, f1_score
 
-    majority = y["train"].value_counts().index[0]
+    splits = {s: pd.read_csv(args.data_dir / f"{s}.csv") for s in ("train", "validation", "test")}
+    x = {s: df[args.text_column].astype(str).tolist() for s, df in splits.items()}
+    y = {s: df[args.label_column].astype(str).tolist() for s, df in splits.items()}
+
+    majority = majority_label(y["train"])
     majority_acc = accuracy_score(y["test"], [majority] * len(y["test"]))
     print(f"majority class ({majority}): test acc {majority_acc:.4f}")
 
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
-    train = vectorizer.fit_transform(x["train"])
-    validation = vectorizer.transform(x["validation"])
-    scores = {}
-    for c in (0.1, 1.0, 10.0, 100.0):
-        fitted = LogisticRegression(C=c, max_iter=3000).fit(train, y["train"])
-        scores[c] = accuracy_score(y["validation"], fitted.predict(validation))
-    best_c = max(scores, key=scores.get)
-    best = (scores[best_c], best_c)
-    model = LogisticRegression(C=best[1], max_iter=3000).fit(train, y["train"])
-    predicted = model.predict(vectorizer.transform(x["test"]))
+    fit = fit_tfidf_logreg(x, y)
+    predicted = fit.model.predict(x["test"])
     print(
-        f"TF-IDF (1-2 grams) + logistic regression (C={best[1]:g}, val acc {best[0]:.4f}): "
-        f"test acc {accuracy_score(y['test'], predicted):.4f}, "
+        f"TF-IDF (1-2 grams) + logistic regression (C={fit.c:g}, val acc "
+        f"{fit.validation_score:.4f}): test acc {accuracy_score(y['test'], predicted):.4f}, "
         f"macro F1 {f1_score(y['test'], predicted, average='macro'):.4f}"
     )
 

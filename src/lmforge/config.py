@@ -6,8 +6,9 @@ compose fine but cannot work, with one message naming every key at fault.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lmforge.baselines import BASELINES
 from lmforge.errors import LmforgeError
 
 PRECISIONS = {
@@ -92,5 +93,20 @@ def validate_training_config(cfg: DictConfig) -> None:
             "model.pretrained must name a hub model or a local model folder (or set "
             "model.from_config to train from scratch)."
         )
+    _check_compare(cfg, problems)
     if problems:
         raise LmforgeError("Invalid config: " + " ".join(problems))
+
+
+def _check_compare(cfg: DictConfig, problems: list[str]) -> None:
+    baselines = _select(cfg, "compare.baselines")
+    known = ", ".join(BASELINES)
+    if not isinstance(baselines, ListConfig | list):
+        problems.append(f"compare.baselines must be a list (some of {known}), got {baselines!r}.")
+    elif unknown := [str(b) for b in baselines if b not in BASELINES]:
+        problems.append(
+            f"compare.baselines: unknown {', '.join(unknown)}; expected some of {known}."
+        )
+    flipped = _select(cfg, "compare.max_flipped")
+    if isinstance(flipped, bool) or not isinstance(flipped, int) or flipped < 0:
+        problems.append(f"compare.max_flipped must be a whole number, 0 or more, got {flipped!r}.")

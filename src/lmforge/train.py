@@ -18,8 +18,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmforge.baselines import run_baselines
 from lmforge.callbacks import RandomState, TrainThroughput, peak_memory
 from lmforge.checkpoints import read_checkpoint
+from lmforge.comparison import (
+    before_summary,
+    build_comparison,
+    describe_start,
+    predict_labels,
+    write_comparison,
+)
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
 from lmforge.rundir import (
@@ -59,6 +67,9 @@ def train(
 
     resumed = _resume_point(ckpt_path)
     before = _evaluate_before(cfg, run_dir, module, datamodule) if cfg.evaluate_before else None
+    # Before fit: the frozen probe reads the backbone the run starts from.
+    device = trainer.strategy.root_device
+    baselines = run_baselines(cfg.compare.baselines, module, datamodule, device)
     samples_per_second = None
     progress = {"epochs_completed": 0, "global_step": 0}
     if cfg.train:
@@ -75,13 +86,25 @@ def train(
             "epochs_completed": trainer.current_epoch or int(logged.get("progress/epochs", 0)),
             "global_step": trainer.global_step or int(logged.get("progress/global_step", 0)),
         }
-    test_metrics = _test(cfg, trainer, module, datamodule) if cfg.test else {}
+    after = _test(cfg, trainer, module, datamodule) if cfg.test else {}
 
     best = _best_validation(cfg, trainer)
+    comparison = build_comparison(
+        module,
+        datamodule,
+        before,
+        after,
+        baselines,
+        checkpoint=(best or {}).get("checkpoint"),
+        max_flipped=cfg.compare.max_flipped,
+        device=device,
+    )
     metrics = {
         "task": module.task_name,
-        "test": test_metrics,
-        "before_training": before,
+        "test": after.get("test", {}),
+        "validation": after.get("validation", {}),
+        "before_training": before_summary(before),
+        "comparison": comparison,
         "best_validation": best,
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
@@ -95,7 +118,8 @@ def train(
         "resumed_from": resumed,
     }
     path = write_json(run_dir, METRICS_FILE, metrics)
-    log.info("Test metrics: %s", json.dumps(test_metrics))
+    write_comparison(run_dir, comparison)
+    log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return best["value"] if best else None
 
@@ -140,6 +164,9 @@ def _instantiate_group(group: DictConfig | None) -> list:
 def _build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     callbacks = _instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = _instantiate_group(cfg.get("logger"))
+    if not loggers:
+        # The lr monitor writes to loggers only; with logger=none Lightning would refuse to start.
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
         for logger in loggers:
@@ -172,10 +199,11 @@ def _resume_point(ckpt_path: str | None) -> dict[str, Any] | None:
 
 def _test(
     cfg: DictConfig, trainer: pl.Trainer, module: TaskModule, datamodule: TextDataModule
-) -> dict[str, float]:
-    """Evaluate the best checkpoint on the test split (the final weights if none was kept).
+) -> dict[str, dict[str, float]]:
+    """Evaluate the best checkpoint (the final weights if none was kept) on the validation and
+    test splits; the module holds those weights afterwards.
 
-    After a multi-process fit the test runs in this process on one device, so every test
+    After a multi-process fit the evaluation runs in this process on one device, so every
     example counts exactly once (sharding pads the last batches with repeats).
     """
     callback = trainer.checkpoint_callback
@@ -184,11 +212,20 @@ def _test(
         log.warning("No best checkpoint was saved; testing the final weights.")
     if trainer.world_size > 1:
         trainer = _single_process_trainer(cfg, trainer.loggers)
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    return {k: _scalar(v) for k, v in (results[0] if results else {}).items()}
+    checkpoint = best or None
+    return {
+        "validation": _values(
+            trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+        ),
+        "test": _values(
+            trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+        ),
+    }
 
 
-def _single_process_trainer(cfg: DictConfig, loggers: list | None = None) -> pl.Trainer:
+def _single_process_trainer(
+    cfg: DictConfig, loggers: list | None = None, **options: Any
+) -> pl.Trainer:
     """A one-device trainer of the run's kind, for evaluations outside `fit`."""
     return instantiate(
         cfg.trainer,
@@ -199,13 +236,15 @@ def _single_process_trainer(cfg: DictConfig, loggers: list | None = None) -> pl.
         logger=loggers or False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **options,
     )
 
 
 def _evaluate_before(
     cfg: DictConfig, run_dir: Path, module: TaskModule, datamodule: TextDataModule
 ) -> dict[str, Any]:
-    """Test the untouched starting model, so the gain of fine-tuning is one number away.
+    """Evaluate the untouched starting model on validation and test, so the gain of
+    fine-tuning is one number away; keep its test predictions for the flipped examples.
 
     Written to before_training.json at once, so a resumed run keeps the first measurement.
     """
@@ -214,21 +253,17 @@ def _evaluate_before(
         return json.loads(path.read_text())
     # A shallow copy of the datamodule takes the evaluation trainer's references, which a
     # spawned DDP fit could not unpickle; splits and tokenizer are shared, not copied.
-    results = _single_process_trainer(cfg).test(
-        module, datamodule=copy.copy(datamodule), verbose=False
-    )
-    start = dict(module.start)
-    fresh = start.get("fresh") or bool(start.get("newly_initialised"))
+    # Not in inference mode: metric states it resets are updated in place by fit's validation.
+    trainer = _single_process_trainer(cfg, inference_mode=False)
+    data = copy.copy(datamodule)
     record = {
-        "test": {k: _scalar(v) for k, v in (results[0] if results else {}).items()},
-        "start": start,
-        "note": (
-            "Parts of the starting model are randomly initialised, so it scores near chance "
-            "and beating it proves little; compare with real baselines."
-            if fresh
-            else "The starting model is fully pretrained: this is a real before/after comparison."
-        ),
+        "validation": _values(trainer.validate(module, datamodule=data, verbose=False)),
+        "test": _values(trainer.test(module, datamodule=data, verbose=False)),
+        **describe_start(module.start),
     }
+    if cfg.compare.max_flipped:
+        device = trainer.strategy.root_device
+        record["predictions"] = {"test": predict_labels(module, datamodule, "test", device)}
     write_json(run_dir, BEFORE_FILE, record)
     log.info("Before training: %s", json.dumps(record["test"]))
     return record
@@ -250,6 +285,11 @@ def _best_validation(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | N
         # PEFT checkpoints hold adapters and head only: the size shows it.
         "checkpoint_megabytes": round(size / 2**20, 3) if size else None,
     }
+
+
+def _values(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The metrics of a `trainer.validate` / `trainer.test` call as plain floats."""
+    return {k: _scalar(v) for k, v in (results[0] if results else {}).items()}
 
 
 def _scalar(value: Any) -> float | None:

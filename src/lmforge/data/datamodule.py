@@ -215,10 +215,7 @@ class TextDataModule(pl.LightningDataModule):
             log.info("Tokenized data: cache hit at %s", cache_path)
             return
         self.cache_hit = False
-        raw = self._raw or load_splits(**self.sources, reader=self.read_file)[0]
-        raw, meta = self.encode_targets(raw)
-        raw, carved = self._carve_missing_splits(raw)
-        meta["carved_splits"] = carved
+        raw, meta = self._checked_raw_splits()
         tokenized, stats = {}, {}
         for split, dataset in raw.items():
             columns = dataset.column_names
@@ -248,6 +245,26 @@ class TextDataModule(pl.LightningDataModule):
         except OSError:  # another process finished first: keep its entry
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("Tokenized data cached at %s", cache_path)
+
+    def _checked_raw_splits(self) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+        """The raw splits, checked and with their targets, missing splits carved; and meta."""
+        raw = self._raw or load_splits(**self.sources, reader=self.read_file)[0]
+        raw, meta = self.encode_targets(raw)
+        raw, meta["carved_splits"] = self._carve_missing_splits(raw)
+        return raw, meta
+
+    def raw_splits(self) -> dict[str, datasets.Dataset]:
+        """The splits before tokenization (same checks, carving and caps): the text that
+        tokenization drops, for text baselines and reports. Row for row as in `splits` where one
+        row makes one example (not for grouped language-modelling blocks). Reads the sources
+        again."""
+        raw, _ = self._checked_raw_splits()
+        return {split: self._capped(split, raw[split]) for split in SPLITS if split in raw}
+
+    def _capped(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """The first `max_<split>_samples` rows of a split (all of them without a cap)."""
+        cap = self.caps[split]
+        return dataset.select(range(cap)) if cap is not None and cap < len(dataset) else dataset
 
     def _tokenize_with_stats(self, batch: dict[str, list]) -> dict[str, list]:
         encoded = self.tokenize(batch)
@@ -315,10 +332,7 @@ class TextDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if split not in loaded:
                 continue
-            dataset = loaded[split]
-            cap = self.caps[split]
-            if cap is not None and cap < len(dataset):
-                dataset = dataset.select(range(cap))
+            dataset = self._capped(split, loaded[split])
             self.lengths[split] = dataset["length"]
             self.splits[split] = dataset.remove_columns("length")
         self.report()

@@ -1,0 +1,404 @@
+"""Baselines of the before/after comparison: what fine-tuning has to beat to mean something.
+
+- `majority`: the most frequent training label for every example (text classification).
+- `tfidf_logreg`: TF-IDF over word 1-2 grams + logistic regression (text classification).
+- `frozen_probe`: logistic regression on features of the untouched starting backbone, read in
+  one no-grad pass: the mean-pooled last hidden state of each text (text classification), the
+  hidden state of each labelled subword, i.e. each word's first subword (NER).
+
+Every logistic regression picks its C on the validation split, never on test. The scores come
+from the task module's own metric objects, so keys and numbers match its `val/...` and
+`test/...` metrics. Language modelling has none here: its untouched pretrained model (the
+'before' column) is the baseline. scikit-learn is the optional extra `lmforge[baselines]`.
+
+This module imports no torch or scikit-learn at the top, so the config check can read
+`BASELINES` before any heavy import.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmforge.data import TextDataModule
+    from lmforge.tasks import TaskModule
+
+log = logging.getLogger(__name__)
+
+# Name (as in `compare.baselines`) -> what it is, for logs and comparison.md.
+BASELINES: dict[str, str] = {
+    "majority": "majority class: the most frequent training label, for every example",
+    "tfidf_logreg": "TF-IDF (word 1-2 grams) + logistic regression, C chosen on validation",
+    "frozen_probe": (
+        "logistic regression on the frozen starting backbone's last hidden state, C chosen on "
+        "validation"
+    ),
+}
+# Regularisation strengths tried for every logistic regression.
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+# Evaluated splits and their metric-key prefixes (as the task modules log them).
+STAGES = {"validation": "val", "test": "test"}
+SKLEARN_MISSING = (
+    "needs scikit-learn, which is not installed: pip install 'lmforge[baselines]' (or set "
+    "compare.baselines=[majority])"
+)
+
+T = TypeVar("T")
+
+
+def sklearn_available() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_sklearn() -> None:
+    """Fail with an install hint when scikit-learn is missing."""
+    if not sklearn_available():
+        raise LmforgeError(f"This baseline {SKLEARN_MISSING}.")
+
+
+# ----- the baselines on plain data (also used by scripts/classification_baselines.py) ----------
+@dataclass
+class LogRegFit:
+    """A fitted classifier (`predict`, `predict_proba`, `classes_`) and how its C was chosen."""
+
+    model: Any
+    c: float
+    validation_score: float
+
+
+def majority_label(train_labels: Sequence[Any]) -> Any:
+    """The most frequent training label (on a tie, the one that comes first in the data)."""
+    return Counter(train_labels).most_common(1)[0][0]
+
+
+def fit_logreg(
+    train_x: Any,
+    train_y: Sequence[Any],
+    val_x: Any,
+    val_y: Sequence[Any],
+    scale: bool = False,
+    val_score: Callable[[Any], float] | None = None,
+) -> LogRegFit:
+    """Logistic regression with C from `C_GRID` chosen on validation (ties: the smaller C).
+
+    `scale` standardises dense features first (hidden states); `val_score(model)` replaces
+    validation accuracy as the criterion.
+    """
+    require_sklearn()
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def accuracy(model: Any) -> float:
+        return float(np.mean(model.predict(val_x) == np.asarray(val_y)))
+
+    best: LogRegFit | None = None
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=3000)
+        if scale:
+            model = make_pipeline(StandardScaler(), model)
+        model.fit(train_x, train_y)
+        score = (val_score or accuracy)(model)
+        if best is None or score > best.validation_score:
+            best = LogRegFit(model, c, score)
+    assert best is not None  # C_GRID is not empty
+    return best
+
+
+def fit_tfidf_logreg(
+    texts: dict[str, Sequence[str]], labels: dict[str, Sequence[Any]]
+) -> LogRegFit:
+    """TF-IDF (sublinear tf, word 1-2 grams) fitted on `texts['train']`, then logistic
+    regression with C chosen on `texts['validation']`. The fitted model takes raw texts."""
+    require_sklearn()
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
+    train = vectorizer.fit_transform(texts["train"])
+    validation = vectorizer.transform(texts["validation"])
+    fit = fit_logreg(train, labels["train"], validation, labels["validation"])
+    return LogRegFit(make_pipeline(vectorizer, fit.model), fit.c, fit.validation_score)
+
+
+# ----- running them for a task module -----------------------------------------------------------
+def run_baselines(
+    names: Sequence[str],
+    module: TaskModule,
+    datamodule: TextDataModule,
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run each named baseline that fits the module's task on validation and test.
+
+    Call it before training: the frozen probe reads the module's backbone as it starts.
+    Returns, per name, `description`, `metrics` (keys as the task's, e.g. `test/acc`),
+    `details` and `seconds`; or `description` and `skipped` (the reason, also logged).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in BASELINES:
+            raise LmforgeError(
+                f"compare.baselines: unknown baseline {name!r}; expected some of "
+                f"{', '.join(BASELINES)}."
+            )
+        reason = _skip_reason(name, module)
+        if reason:
+            log.info("Baseline %s skipped: %s.", name, reason)
+            results[name] = {"description": BASELINES[name], "skipped": reason}
+            continue
+        started = time.perf_counter()
+        metrics, details = _RUNNERS[name](module, datamodule, device)
+        seconds = round(time.perf_counter() - started, 2)
+        shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")}
+        log.info("Baseline %s (%.1f s): %s", name, seconds, shown)
+        results[name] = {
+            "description": BASELINES[name],
+            "metrics": metrics,
+            "details": details,
+            "seconds": seconds,
+        }
+    return results
+
+
+# Tasks each baseline applies to.
+_TASKS = {
+    "majority": ("text_classification",),
+    "tfidf_logreg": ("text_classification",),
+    "frozen_probe": ("text_classification", "token_classification"),
+}
+
+
+def _skip_reason(name: str, module: TaskModule) -> str | None:
+    task = module.task_name
+    if task in ("causal_lm", "masked_lm"):
+        return (
+            f"no baseline of this kind for {task}: the untouched starting model (the 'before' "
+            "column) is the baseline"
+        )
+    if task not in _TASKS[name]:
+        return f"applies to {' and '.join(_TASKS[name])}, not {task}"
+    if getattr(module, "multi_label", False):
+        return "not implemented for multi-label classification"
+    if name != "majority" and not sklearn_available():
+        return SKLEARN_MISSING
+    return None
+
+
+def _majority(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    import torch
+
+    label = majority_label(datamodule.splits["train"]["labels"])
+    metrics = {}
+    for split, stage in STAGES.items():
+        gold = torch.tensor(list(datamodule.splits[split]["labels"]))
+        scores = torch.zeros(len(gold), len(module.label_names))  # (examples, labels)
+        scores[:, label] = 1.0
+        metrics.update(task_scores(module, stage, [(scores, gold)]))
+    return metrics, {"label": module.label_names[label]}
+
+
+def _tfidf_logreg(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    import torch
+
+    raw = datamodule.raw_splits()
+    texts = {split: example_texts(datamodule, dataset) for split, dataset in raw.items()}
+    labels = {split: list(dataset["labels"]) for split, dataset in raw.items()}
+    fit = fit_tfidf_logreg(texts, labels)
+    metrics = {}
+    for split, stage in STAGES.items():
+        scores = label_scores(fit.model, texts[split], len(module.label_names))
+        metrics.update(task_scores(module, stage, [(scores, torch.tensor(labels[split]))]))
+    details = {"C": fit.c, "validation_accuracy": round(fit.validation_score, 4)}
+    return metrics, details
+
+
+def example_texts(datamodule: TextDataModule, dataset: Any) -> list[str]:
+    """The text of each raw row; a sentence pair's two texts joined by " / "."""
+    texts = [str(t) for t in dataset[datamodule.text_column]]
+    if datamodule.text_pair_column:
+        pairs = dataset[datamodule.text_pair_column]
+        texts = [f"{t} / {p}" for t, p in zip(texts, pairs, strict=True)]
+    return texts
+
+
+def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    import torch
+
+    backbone = _untouched_model(module)
+    per_word = module.task_name == "token_classification"
+    step = _word_features if per_word else _pooled_features
+    # Per split: per batch (features, gold labels); features of labelled positions only.
+    read = {
+        split: forward_split(module, datamodule, split, lambda b: step(backbone, b), device)
+        for split in ("train", *STAGES)
+    }
+
+    def flat(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.cat([f for f, _ in read[split]])  # (examples or words, hidden)
+        gold = torch.cat([_labelled(g, per_word) for _, g in read[split]])
+        return features, gold
+
+    def scored(model: Any, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(label scores, gold) per batch, scores in the shape of the task's logits."""
+        batches = []
+        for features, gold in read[split]:
+            scores = label_scores(model, features.numpy(), len(module.label_names))
+            if per_word:
+                keep = gold != -100
+                full = torch.zeros(*gold.shape, scores.shape[-1])  # (batch, seq, tags)
+                full[keep] = scores
+                scores = full
+            batches.append((scores, gold))
+        return batches
+
+    def entity_f1(model: Any) -> float:
+        return task_scores(module, "val", scored(model, "validation"))["val/f1"]
+
+    (train_x, train_y), (val_x, val_y) = flat("train"), flat("validation")
+    # NER picks C by validation entity F1, the task's own figure; classification by accuracy.
+    fit = fit_logreg(
+        train_x.numpy(),
+        train_y.numpy(),
+        val_x.numpy(),
+        val_y.numpy(),
+        scale=True,
+        val_score=entity_f1 if per_word else None,
+    )
+    metrics = {}
+    for split, stage in STAGES.items():
+        metrics.update(task_scores(module, stage, scored(fit.model, split)))
+    details = {
+        "features": (
+            "last hidden state at each labelled subword (a word's first subword)"
+            if per_word
+            else "last hidden state, mean over the attention mask"
+        ),
+        "feature_size": int(train_x.shape[1]),
+        "train_rows": int(train_x.shape[0]),
+        "C": fit.c,
+        "chosen_by": "validation entity F1" if per_word else "validation accuracy",
+        "validation_score": round(fit.validation_score, 4),
+    }
+    return metrics, details
+
+
+_RUNNERS = {"majority": _majority, "tfidf_logreg": _tfidf_logreg, "frozen_probe": _frozen_probe}
+
+
+def _labelled(gold: torch.Tensor, per_word: bool) -> torch.Tensor:
+    return gold[gold != -100] if per_word else gold
+
+
+def _untouched_model(module: TaskModule) -> Any:
+    """The backbone without the task head (BERT: `model.bert`), under any PEFT wrapper (fresh
+    adapters are not the start)."""
+    model = module.model
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return model.base_model
+
+
+def _last_hidden_state(backbone: Any, batch: dict) -> torch.Tensor:
+    """(batch, seq, hidden). Read from the backbone's own output: asking the task model for
+    `output_hidden_states` would leave transformers' capturing hooks on it, which a spawned
+    DDP fit cannot pickle."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return backbone(**inputs).last_hidden_state
+
+
+def _pooled_features(backbone: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the last hidden state over the attention mask, and the gold labels."""
+    hidden = _last_hidden_state(backbone, batch)  # (batch, seq, hidden)
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (batch, hidden)
+    return pooled.float().cpu(), batch["labels"].cpu()
+
+
+def _word_features(backbone: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last hidden state at every labelled position, and the (batch, seq) gold tags."""
+    hidden = _last_hidden_state(backbone, batch)  # (batch, seq, hidden)
+    labels = batch["labels"]  # (batch, seq), -100 where no tag is scored
+    return hidden[labels != -100].float().cpu(), labels.cpu()
+
+
+def label_scores(model: Any, x: Any, num_labels: int) -> torch.Tensor:
+    """Class probabilities of a fitted classifier over all `num_labels` label ids (a label
+    that training never had gets 0): (rows, num_labels)."""
+    import numpy as np
+    import torch
+
+    scores = np.zeros((len(x), num_labels), dtype=np.float32)
+    if not len(x):  # a batch without labelled words
+        return torch.from_numpy(scores)
+    probabilities = model.predict_proba(x)  # (rows, classes seen in training)
+    scores[:, np.asarray(model.classes_, dtype=int)] = probabilities
+    return torch.from_numpy(scores)
+
+
+def task_scores(
+    module: TaskModule, stage: str, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
+    """Score (label scores, gold labels) batches with a fresh set of the task's own metrics;
+    keys `<stage>/<name>` as the task logs them."""
+    metrics = module.configure_metrics("test")
+    for scores, gold in batches:
+        module.update_metrics(metrics, scores, {"labels": gold})
+    return {f"{stage}/{k}": float(v) for k, v in module.compute_metrics(metrics).items()}
+
+
+# ----- one pass of a module over a split --------------------------------------------------------
+@contextmanager
+def _evaluating(module: TaskModule, device: Any) -> Iterator[None]:
+    """Eval mode, no gradients, on `device`; the module's mode and device come back after."""
+    import torch
+
+    was_training, was_on = module.training, module.device
+    module.eval()
+    module.to(device or was_on)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.to(was_on)
+        module.train(was_training)
+
+
+def forward_split(
+    module: TaskModule,
+    datamodule: TextDataModule,
+    split: str,
+    step: Callable[[dict], T],
+    device: torch.device | str | None = None,
+) -> list[T]:
+    """`step(batch)` over the split's evaluation batches in row order (the datamodule's own
+    loaders sort them by length), in eval mode, without gradients, on `device` (default: where
+    the module is)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        datamodule.splits[split],
+        batch_size=datamodule.eval_batch_size,
+        collate_fn=datamodule.eval_collator(),
+        # Its own generator: a loader never draws from the global RNG (dropout, resume).
+        generator=torch.Generator(),
+    )
+    outputs = []
+    with _evaluating(module, device):
+        for batch in loader:
+            outputs.append(step({k: v.to(module.device) for k, v in batch.items()}))
+    return outputs

@@ -1,0 +1,364 @@
+"""The before/after comparison of a run: every task metric of the untouched start and of the
+best checkpoint, their change, the baselines beside them, and (classification) the test
+examples whose prediction flipped. Returned for metrics.json and written as comparison.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.baselines import example_texts, forward_split
+from lmforge.rundir import write_new
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmforge.data import TextDataModule
+    from lmforge.tasks import TaskModule
+
+log = logging.getLogger(__name__)
+
+COMPARISON_FILE = "comparison.md"
+# Metric names ending so are better when lower (losses, perplexity).
+LOWER_IS_BETTER = ("loss", "perplexity")
+# Longest text shown for a flipped example in comparison.md (metrics.json keeps it whole).
+SHOWN_TEXT = 160
+
+
+# ----- the start -------------------------------------------------------------------------------
+def describe_start(start: dict[str, Any]) -> dict[str, Any]:
+    """What the model started from (`TaskModule.start`) and what beating it means."""
+    fresh = start.get("fresh") or bool(start.get("newly_initialised"))
+    note = (
+        "Parts of the starting model are randomly initialised, so it scores near chance and "
+        "beating it proves little; compare with real baselines."
+        if fresh
+        else "The starting model is fully pretrained: this is a real before/after comparison."
+    )
+    return {"start": dict(start), "note": note}
+
+
+def start_label(start: dict[str, Any]) -> str:
+    """A column label for the start: `pretrained X, fresh classifier`, `checkpoint Y`, ..."""
+    label = str(start.get("from") or "the starting model")
+    fresh = sorted({name.split(".")[0] for name in start.get("newly_initialised") or []})
+    return label + (f", fresh {' + '.join(fresh)}" if fresh else "")
+
+
+def before_summary(before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The before-training record without its per-example predictions (for metrics.json)."""
+    return None if before is None else {k: v for k, v in before.items() if k != "predictions"}
+
+
+# ----- per-example predictions ------------------------------------------------------------------
+def predict_labels(
+    module: TaskModule,
+    datamodule: TextDataModule,
+    split: str = "test",
+    device: torch.device | str | None = None,
+) -> list[Any] | None:
+    """The module's predicted label id per example of `split`, in row order (multi-label: the
+    list of predicted ids); None for tasks without one label per example. The one function
+    behind both the 'before' and the 'after' predictions."""
+    if module.task_name != "text_classification":
+        return None
+    multi_label = module.multi_label
+
+    def predict(batch: dict) -> list[Any]:
+        logits = module.forward_loss(batch)[1]  # (batch, labels)
+        if multi_label:
+            chosen = logits.sigmoid() > module.threshold
+            return [row.nonzero().flatten().tolist() for row in chosen]
+        return logits.argmax(dim=-1).tolist()
+
+    return [p for batch in forward_split(module, datamodule, split, predict, device) for p in batch]
+
+
+def gold_labels(datamodule: TextDataModule, split: str = "test") -> list[Any]:
+    """Gold label id per example (multi-label: the list of ids), as `predict_labels` gives."""
+    labels = datamodule.splits[split]["labels"]
+    if datamodule.multi_label:
+        return [[i for i, on in enumerate(row) if on] for row in labels]
+    return list(labels)
+
+
+def flipped_examples(
+    texts: list[str],
+    gold: list[Any],
+    before: list[Any],
+    after: list[Any],
+    label_names: list[str],
+    limit: int,
+) -> dict[str, Any]:
+    """Counts of examples by (right before?, right after?) and the first `limit` examples of
+    each flip direction: text, gold label, before and after prediction."""
+
+    def name(label: Any) -> str:
+        return (
+            "|".join(label_names[i] for i in label)
+            if isinstance(label, list)
+            else label_names[label]
+        )
+
+    groups: dict[str, list[dict[str, Any]]] = {
+        "wrong_to_right": [],
+        "right_to_wrong": [],
+        "both_right": [],
+        "both_wrong": [],
+    }
+    for row, (text, g, b, a) in enumerate(zip(texts, gold, before, after, strict=True)):
+        right_before, right_after = b == g, a == g
+        key = (
+            ("both_right" if right_after else "right_to_wrong")
+            if right_before
+            else ("wrong_to_right" if right_after else "both_wrong")
+        )
+        groups[key].append(
+            {"row": row, "text": text, "gold": name(g), "before": name(b), "after": name(a)}
+        )
+    return {
+        "counts": {key: len(rows) for key, rows in groups.items()},
+        "examples": {key: groups[key][:limit] for key in ("wrong_to_right", "right_to_wrong")},
+    }
+
+
+# ----- the table ----------------------------------------------------------------------------
+def higher_is_better(key: str) -> bool:
+    return not key.split("/")[-1].endswith(LOWER_IS_BETTER)
+
+
+def comparison_rows(
+    before: dict[str, float] | None,
+    after: dict[str, float],
+    baselines: dict[str, dict[str, float]],
+) -> dict[str, dict[str, Any]]:
+    """One row per metric key (test rows first, then validation): before, after, change
+    (after - before), change in percent of |before|, whether it improved (lower is better for
+    losses and perplexity), and each baseline's value. A missing value is None."""
+    keys: list[str] = []
+    for source in (after, before or {}, *baselines.values()):
+        keys += [k for k in source if k not in keys]
+    keys.sort(key=lambda k: not k.startswith("test/"))  # stable: test first, then the rest
+    rows = {}
+    for key in keys:
+        higher = higher_is_better(key)
+        row: dict[str, Any] = {"higher_is_better": higher}
+        old, new = (before or {}).get(key), after.get(key)
+        if before is not None:
+            change = None if old is None or new is None else new - old
+            row.update(
+                before=old,
+                after=new,
+                change=change,
+                change_percent=(None if change is None or old == 0 else 100 * change / abs(old)),
+                improved=None if change is None else (change > 0 if higher else change < 0),
+            )
+        else:
+            row["after"] = new
+        for name, values in baselines.items():
+            row[name] = values.get(key)
+        rows[key] = row
+    return rows
+
+
+def build_comparison(
+    module: TaskModule,
+    datamodule: TextDataModule,
+    before: dict[str, Any] | None,
+    after: dict[str, dict[str, float]],
+    baselines: dict[str, dict[str, Any]],
+    checkpoint: str | None,
+    max_flipped: int,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """The comparison record (metrics.json: comparison) of a finished run.
+
+    Args:
+        module: the task module holding the evaluated ('after') weights.
+        before: the before-training record (None when `evaluate_before=false`).
+        after: `{"validation": {...}, "test": {...}}` metrics of the evaluated weights.
+        baselines: `lmforge.baselines.run_baselines`' result.
+        checkpoint: the checkpoint the 'after' figures come from (None: the final weights).
+        max_flipped: flipped test examples listed per direction (0: none, no prediction pass).
+    """
+    before_metrics = None
+    if before is not None:
+        before_metrics = {**before.get("validation", {}), **before.get("test", {})}
+    after_metrics = {**after.get("validation", {}), **after.get("test", {})}
+    scored = {name: b["metrics"] for name, b in baselines.items() if "metrics" in b}
+    comparison: dict[str, Any] = {
+        "before": None if before is None else start_label(before["start"]),
+        "before_note": None if before is None else before["note"],
+        "after": f"checkpoint {checkpoint}" if checkpoint else "final weights",
+        "rows": comparison_rows(before_metrics, after_metrics, scored),
+        "baselines": baselines,
+        "task": module.task_name,
+    }
+    previous = (before or {}).get("predictions", {}).get("test")
+    if max_flipped and previous is not None and after.get("test"):
+        comparison["flipped"] = flipped_examples(
+            example_texts(datamodule, datamodule.raw_splits()["test"]),
+            gold_labels(datamodule),
+            previous,
+            predict_labels(module, datamodule, "test", device),
+            module.label_names,
+            max_flipped,
+        )
+    return comparison
+
+
+# ----- comparison.md ----------------------------------------------------------------------------
+def _number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
+
+
+def _signed(value: float | None, suffix: str = "") -> str:
+    if value is None:
+        return "—"
+    return (f"{value:+,.1f}" if abs(value) >= 1000 or suffix else f"{value:+.4f}") + suffix
+
+
+def _short_paths(text: str) -> str:
+    """Long paths cut to their last three parts, for column headers (the intro has them whole)."""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        parts = word.rstrip(",").split("/")
+        if len(parts) > 4 and len(word) > 40:
+            words[i] = "…/" + "/".join(parts[-3:]) + ("," if word.endswith(",") else "")
+    return " ".join(words)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_comparison(comparison: dict[str, Any]) -> str:
+    """comparison.md: the table, what 'before' and the baselines are, the flipped examples."""
+    has_before = comparison["before"] is not None
+    scored = [n for n, b in comparison["baselines"].items() if "metrics" in b]
+    header = ["metric"]
+    if has_before:
+        header += [
+            f"before: {_short_paths(comparison['before'])}",
+            f"after: {_short_paths(comparison['after'])}",
+            "change",
+            "change %",
+        ]
+    else:
+        header += [f"after: {_short_paths(comparison['after'])}"]
+    header += scored
+    lines = [
+        "# Before and after fine-tuning",
+        "",
+        _intro(comparison),
+        "",
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
+    ]
+    for key, row in comparison["rows"].items():
+        cells = [key + ("" if row["higher_is_better"] else " (lower is better)")]
+        if has_before:
+            cells += [
+                _number(row["before"]),
+                _number(row["after"]),
+                _signed(row["change"]),
+                _signed(row["change_percent"], "%"),
+            ]
+        else:
+            cells.append(_number(row["after"]))
+        cells += [_number(row[name]) for name in scored]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_baseline_lines(comparison["baselines"])]
+    if "flipped" in comparison:
+        lines += ["", *_flipped_lines(comparison["flipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def _intro(comparison: dict[str, Any]) -> str:
+    parts = []
+    if comparison["before"] is not None:
+        parts.append(
+            f"**Before** is the untouched starting model ({comparison['before']}), evaluated "
+            f"before training. {comparison['before_note']}"
+        )
+    else:
+        parts.append("The starting model was not evaluated (`evaluate_before=false`).")
+    parts.append(f"**After** is the {comparison['after']}.")
+    if comparison["task"] in ("causal_lm", "masked_lm"):
+        parts.append(
+            "For language modelling the untouched pretrained model, the 'before' column, is the "
+            "baseline."
+        )
+    parts.append(
+        "Validation rows favour 'after' and the logistic-regression baselines alike (the best "
+        "checkpoint and C were chosen on validation); test rows are the fair comparison."
+    )
+    return " ".join(parts)
+
+
+def _baseline_lines(baselines: dict[str, dict[str, Any]]) -> list[str]:
+    if not baselines:
+        return ["No baselines were run (`compare.baselines=[]`)."]
+    lines = ["Baselines, on the same splits:", ""]
+    for name, record in baselines.items():
+        if "skipped" in record:
+            lines.append(f"- `{name}` ({record['description']}): skipped, {record['skipped']}.")
+            continue
+        details = ", ".join(f"{k} {v}" for k, v in record["details"].items())
+        lines.append(f"- `{name}`: {record['description']} ({details}; {record['seconds']} s).")
+    return lines
+
+
+def _flipped_lines(flipped: dict[str, Any]) -> list[str]:
+    counts = flipped["counts"]
+    total = sum(counts.values())
+    lines = [
+        "## Test examples whose prediction flipped",
+        "",
+        f"Of {total} test examples, {counts['wrong_to_right']} went from wrong to right and "
+        f"{counts['right_to_wrong']} from right to wrong ({counts['both_right']} right and "
+        f"{counts['both_wrong']} wrong both times).",
+    ]
+    titles = {
+        "wrong_to_right": "Wrong before, right after",
+        "right_to_wrong": "Right before, wrong after",
+    }
+    for key, title in titles.items():
+        examples = flipped["examples"][key]
+        if not examples:
+            continue
+        shown = (
+            f"first {len(examples)} of {counts[key]}"
+            if len(examples) < counts[key]
+            else f"all {counts[key]}"
+        )
+        lines += [
+            "",
+            f"### {title} ({shown})",
+            "",
+            "| row | text | gold | before | after |",
+            "| ---: | --- | --- | --- | --- |",
+        ]
+        for example in examples:
+            text = example["text"]
+            text = text if len(text) <= SHOWN_TEXT else text[: SHOWN_TEXT - 1] + "…"
+            cells = [
+                str(example["row"]),
+                text,
+                example["gold"],
+                example["before"],
+                example["after"],
+            ]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def write_comparison(run_dir: Path, comparison: dict[str, Any]) -> Path:
+    """Write comparison.md into the run directory (never over an existing one)."""
+    path = Path(run_dir) / COMPARISON_FILE
+    write_new(path, render_comparison(comparison))
+    return path
