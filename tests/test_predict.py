@@ -439,3 +439,18 @@ def test_entry_point_prints_errors_without_a_traceback(classifier, make_cfg, cap
         run_prediction(cfg)
     assert exit_info.value.code == 1
     assert "lmforge: error: input='missing.jsonl': no such file" in capsys.readouterr().err
+
+
+def test_a_lora_checkpoint_predicts_like_its_merged_export(
+    tiny_model, tiny_data, run_predict, tmp_path
+):
+    ckpt = train_tiny(tmp_path / "lora", tiny_model, tiny_data, "finetune=lora")
+    assert all(
+        "lora_" in k or "classifier" in k
+        for k in torch.load(ckpt, weights_only=False)["state_dict"]
+    )
+    texts = write_lines(tmp_path / "texts.txt", ["match goal team", "oven flour sugar", "drum"])
+    from_checkpoint = read_records(run_predict(f"ckpt_path={ckpt}", f"input={texts}"))
+    folder = export_folder(ckpt, tmp_path / "merged")
+    from_folder = read_records(run_predict(f"model_dir={folder}", f"input={texts}"))
+    assert_same_records(from_folder, from_checkpoint)
