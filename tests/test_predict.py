@@ -16,7 +16,8 @@ from omegaconf import OmegaConf, open_dict
 from lmforge.checkpoints import load_task_module
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.errors import LmforgeError
-from lmforge.predict import best_window_positions, predict
+from lmforge.predict import predict
+from lmforge.tasks.token_classification import best_window_positions
 from lmforge.train import train
 from tests.conftest import FILLER, TINY_GPT2, compose_config, tiny_overrides
 from tests.test_cli import ENV, script

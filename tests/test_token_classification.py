@@ -209,6 +209,9 @@ def test_tag_words_returns_one_tag_per_word(make_cfg, tmp_path, tiny_ner):
     (result,) = module.eval().tag_words([words], tokenizer)
     assert result["words"] == words and len(result["tags"]) == len(words)
     assert all(tag in module.label_names for tag in result["tags"])
+    # Longer than the window: read in overlapping windows, every word tagged (none cut off).
+    (long,) = module.tag_words([words * 6], tokenizer, max_length=8)
+    assert len(long["tags"]) == 30 and all(score > 0 for score in long["scores"])
 
 
 def test_label_all_subwords_labels_later_subwords_inside(tmp_path, tiny_model):

@@ -30,7 +30,7 @@ from lmforge import __version__
 from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.errors import LmforgeError
 from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, write_json, write_new
-from lmforge.tasks import TaskModule
+from lmforge.tasks import TASKS, TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,6 @@ ONNX_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 INFO_FILE = "lmforge.json"
 PARITY_FILE = "parity.json"
 MODEL_FILES = {"hf": None, "onnx": "model.onnx", "torchscript": "model.pt"}
-# Task -> the Auto class that loads an exported folder and the matching pipeline task.
-HF_TASKS = {
-    "text_classification": ("AutoModelForSequenceClassification", "text-classification"),
-    "token_classification": ("AutoModelForTokenClassification", "token-classification"),
-    "causal_lm": ("AutoModelForCausalLM", "text-generation"),
-    "masked_lm": ("AutoModelForMaskedLM", "fill-mask"),
-}
 # Positional order of the exported inputs (TorchScript and ONNX take them in this order).
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 # Language models train on ids and mask only; a WordPiece tokenizer's token_type_ids would
@@ -346,11 +339,8 @@ def _export_hf(
     task: str,
 ) -> Runner:
     """save_pretrained (adapters already merged); the check reloads it through its Auto class."""
-    import transformers
-
     model.save_pretrained(out)
-    auto_class = getattr(transformers, HF_TASKS[task][0])
-    reloaded = auto_class.from_pretrained(out).eval()
+    reloaded = TASKS[task].auto_class.from_pretrained(out).eval()
     return lambda batch: reloaded(**batch).logits
 
 
@@ -522,7 +512,6 @@ def _write_info(
     input_names: list[str],
 ) -> None:
     """lmforge.json: what running the export needs beyond the model and tokenizer."""
-    auto_class, pipeline_task = HF_TASKS[module.task_name]
     max_length = data_cfg.max_length if "max_length" in data_cfg else data_cfg.get("block_size")
     text_column = data_cfg.get("text_column") or data_cfg.get("token_column")
     write_json(
@@ -540,8 +529,8 @@ def _write_info(
             "threshold": getattr(module, "threshold", None),
             "text_column": text_column,
             "text_pair_column": data_cfg.get("text_pair_column"),
-            "auto_class": auto_class,
-            "pipeline_task": pipeline_task,
+            "auto_class": module.auto_class.__name__,
+            "pipeline_task": module.pipeline_task,
             "model_type": model.config.model_type,
             "source_checkpoint": str(Path(str(cfg.ckpt_path)).expanduser().resolve()),
             "lmforge_version": __version__,
@@ -553,7 +542,7 @@ def _write_model_card(
     out: Path, fmt: str, task: str, ckpt_path: str, input_names: list[str]
 ) -> None:
     """A short README.md: where the model comes from and how to run it."""
-    auto_class, pipeline_task = HF_TASKS[task]
+    auto_class, pipeline_task = TASKS[task].auto_class.__name__, TASKS[task].pipeline_task
     folder = "path/to/this/folder"
     load_tokenizer = (
         "from transformers import AutoTokenizer\n"

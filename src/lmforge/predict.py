@@ -23,21 +23,15 @@ from typing import Any, TextIO
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.data.datamodule import load_tokenizer_for_batching
 from lmforge.data.sources import FORMATS, check_file, load_file
 from lmforge.errors import LmforgeError
 from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, record_config
-from lmforge.tasks.token_classification import entity_spans
+from lmforge.tasks import TASKS
+from lmforge.tasks.token_classification import entity_spans, tag_sentences
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +46,6 @@ TASK_OF_ARCHITECTURE = {
     "ForCausalLM": "causal_lm",
     "LMHeadModel": "causal_lm",
     "ForMaskedLM": "masked_lm",
-}
-AUTO_CLASS_OF_TASK = {
-    "text_classification": AutoModelForSequenceClassification,
-    "token_classification": AutoModelForTokenClassification,
-    "causal_lm": AutoModelForCausalLM,
-    "masked_lm": AutoModelForMaskedLM,
 }
 # A threshold for multi-label folders that record none (the usual sigmoid midpoint).
 DEFAULT_THRESHOLD = 0.5
@@ -347,13 +335,13 @@ def load_from_folder(model_dir: str) -> LoadedModel:
         )
     config = AutoConfig.from_pretrained(folder)
     task = settings.get("task") or task_of_architectures(config.architectures, model_dir)
-    if task not in AUTO_CLASS_OF_TASK:
+    if task not in TASKS:
         raise LmforgeError(
             f"model_dir={model_dir!r}: {EXPORT_SETTINGS_FILE} names the task {task!r}; expected "
-            f"one of {', '.join(AUTO_CLASS_OF_TASK)}."
+            f"one of {', '.join(TASKS)}."
         )
     try:
-        model = AUTO_CLASS_OF_TASK[task].from_pretrained(folder)
+        model = TASKS[task].auto_class.from_pretrained(folder)
     except Exception as err:
         raise LmforgeError(
             f"model_dir={model_dir!r} could not be loaded as a {task} Hugging Face model "
@@ -586,83 +574,12 @@ def window_stride(loaded: LoadedModel, stride: int | None) -> int:
     return chosen
 
 
-def best_window_positions(window_word_ids: list[list[int | None]]) -> dict[int, tuple[int, int]]:
-    """For each word of one input cut into overlapping windows: the (window, position) of its
-    first subword in the window where that subword lies furthest from a window edge, so every
-    word is read with as much context as the windows give. Ties keep the earlier window, which
-    holds the start of a word cut by a window boundary."""
-    best: dict[int, tuple[int, int, int]] = {}  # word -> (margin, window, position)
-    for window, word_ids in enumerate(window_word_ids):
-        content = [p for p, w in enumerate(word_ids) if w is not None]
-        if not content:
-            continue
-        first, last = content[0], content[-1]
-        previous = None
-        for position in content:
-            word = word_ids[position]
-            if word != previous:
-                margin = min(position - first, last - position)
-                if word not in best or margin > best[word][0]:
-                    best[word] = (margin, window, position)
-            previous = word
-    return {word: (window, position) for word, (_, window, position) in best.items()}
-
-
-@torch.inference_mode()
-def tag_words(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    sentences: list[list[str]],
-    label_names: list[str],
-    max_length: int,
-    stride: int,
-    batch_size: int,
-    device: torch.device,
-) -> list[tuple[list[str], list[float]]]:
-    """Tag pre-split sentences: per word its tag and probability, read at its first subword.
-
-    Sentences longer than `max_length` subwords are cut into windows that overlap by
-    `stride` tokens and merged by `best_window_positions`, so no word goes untagged. Words the
-    tokenizer gives no subword for are tagged O with score 0.
-    """
-    encoded = tokenizer(
-        sentences,
-        is_split_into_words=True,
-        truncation=True,
-        max_length=max_length,
-        stride=stride,
-        return_overflowing_tokens=True,
-        padding=True,
-        return_tensors="pt",
-    )
-    inputs = {k: encoded[k] for k in tokenizer.model_input_names if k in encoded}
-    windows = len(encoded["input_ids"])
-    probabilities = []  # one (seq, tags) tensor per window
-    for start in range(0, windows, batch_size):
-        chunk = {k: v[start : start + batch_size].to(device) for k, v in inputs.items()}
-        logits = model(**chunk).logits  # (windows, seq, tags)
-        probabilities.extend(logits.softmax(dim=-1).cpu())
-    windows_of: dict[int, list[int]] = {}
-    for window, sentence in enumerate(encoded["overflow_to_sample_mapping"].tolist()):
-        windows_of.setdefault(sentence, []).append(window)
-    results = []
-    for index, words in enumerate(sentences):
-        own = windows_of.get(index, [])
-        chosen = best_window_positions([encoded.word_ids(w) for w in own])
-        tags, scores = ["O"] * len(words), [0.0] * len(words)
-        for word, (window, position) in chosen.items():
-            score, tag = probabilities[own[window]][position].max(dim=-1)
-            tags[word], scores[word] = label_names[int(tag)], float(score)
-        results.append((tags, scores))
-    return results
-
-
 def tag_inputs(
     loaded: LoadedModel, batch: list[InputText], stride: int, batch_size: int, device: torch.device
 ) -> list[dict]:
     """Per input: its words (split on whitespace), a tag per word and the entity spans."""
     sentences = [item.text if isinstance(item.text, list) else item.text.split() for item in batch]
-    tagged = tag_words(
+    tagged = tag_sentences(
         loaded.model,
         loaded.tokenizer,
         sentences,

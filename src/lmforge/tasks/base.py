@@ -49,8 +49,10 @@ class TaskModule(pl.LightningModule):
     """
 
     task_name: ClassVar[str] = ""
-    # The transformers Auto class of the task's models (loads a distillation teacher by name).
-    auto_class: ClassVar[type | None] = None
+    # The transformers Auto class of the task's models and its `pipeline` task name: what builds
+    # the model, loads a distillation teacher, and reloads an exported folder.
+    auto_class: ClassVar[type]
+    pipeline_task: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -219,7 +221,7 @@ class TaskModule(pl.LightningModule):
             "init_from": self.init_from,
         }
         if self.adapter_only:
-            trainable = {f"{n}" for n, p in self.named_parameters() if p.requires_grad}
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
             state = checkpoint["state_dict"]
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
 

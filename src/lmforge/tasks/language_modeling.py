@@ -102,6 +102,8 @@ class CausalLMModule(LanguageModelingModule):
     """
 
     task_name = "causal_lm"
+    auto_class = AutoModelForCausalLM
+    pipeline_task = "text-generation"
     objective = "causal"
 
     def __init__(
@@ -119,7 +121,7 @@ class CausalLMModule(LanguageModelingModule):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
-        return self.load_pretrained(AutoModelForCausalLM, **self.vocabulary_fields())
+        return self.load_pretrained(self.auto_class, **self.vocabulary_fields())
 
     @staticmethod
     def predicted_tokens(labels: torch.Tensor) -> torch.Tensor:
@@ -168,10 +170,12 @@ class MaskedLMModule(LanguageModelingModule):
     and the run records it. Extra metric: `masked_acc`, accuracy on the masked tokens."""
 
     task_name = "masked_lm"
+    auto_class = AutoModelForMaskedLM
+    pipeline_task = "fill-mask"
     objective = "masked"
 
     def build_model(self) -> PreTrainedModel:
-        return self.load_pretrained(AutoModelForMaskedLM, **self.vocabulary_fields())
+        return self.load_pretrained(self.auto_class, **self.vocabulary_fields())
 
     def configure_metrics(self, stage: str) -> nn.Module:
         metrics = super().configure_metrics(stage)

@@ -30,6 +30,7 @@ class TextClassificationModule(TaskModule):
 
     task_name = "text_classification"
     auto_class = AutoModelForSequenceClassification
+    pipeline_task = "text-classification"
 
     def __init__(
         self,

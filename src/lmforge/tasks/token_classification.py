@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from transformers import AutoModelForTokenClassification, PreTrainedModel
+from transformers import AutoModelForTokenClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.metrics import IGNORE, EntityScores
@@ -30,6 +30,77 @@ def entity_spans(
     return spans
 
 
+def best_window_positions(window_word_ids: list[list[int | None]]) -> dict[int, tuple[int, int]]:
+    """For each word of one input cut into overlapping windows: the (window, position) of its
+    first subword in the window where that subword lies furthest from a window edge, so every
+    word is read with as much context as the windows give. Ties keep the earlier window, which
+    holds the start of a word cut by a window boundary."""
+    best: dict[int, tuple[int, int, int]] = {}  # word -> (margin, window, position)
+    for window, word_ids in enumerate(window_word_ids):
+        content = [p for p, w in enumerate(word_ids) if w is not None]
+        if not content:
+            continue
+        first, last = content[0], content[-1]
+        previous = None
+        for position in content:
+            word = word_ids[position]
+            if word != previous:
+                margin = min(position - first, last - position)
+                if word not in best or margin > best[word][0]:
+                    best[word] = (margin, window, position)
+            previous = word
+    return {word: (window, position) for word, (_, window, position) in best.items()}
+
+
+@torch.inference_mode()
+def tag_sentences(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: list[list[str]],
+    label_names: list[str],
+    max_length: int,
+    stride: int,
+    batch_size: int,
+    device: torch.device,
+) -> list[tuple[list[str], list[float]]]:
+    """Tag pre-split sentences: per word its tag and probability, read at its first subword.
+
+    Sentences longer than `max_length` subwords are cut into windows that overlap by
+    `stride` tokens and merged by `best_window_positions`, so no word goes untagged. Words the
+    tokenizer gives no subword for are tagged O with score 0.
+    """
+    encoded = tokenizer(
+        sentences,
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        padding=True,
+        return_tensors="pt",
+    )
+    inputs = {k: encoded[k] for k in tokenizer.model_input_names if k in encoded}
+    windows = len(encoded["input_ids"])
+    probabilities = []  # one (seq, tags) tensor per window
+    for start in range(0, windows, batch_size):
+        chunk = {k: v[start : start + batch_size].to(device) for k, v in inputs.items()}
+        logits = model(**chunk).logits  # (windows, seq, tags)
+        probabilities.extend(logits.softmax(dim=-1).cpu())
+    windows_of: dict[int, list[int]] = {}
+    for window, sentence in enumerate(encoded["overflow_to_sample_mapping"].tolist()):
+        windows_of.setdefault(sentence, []).append(window)
+    results = []
+    for index, words in enumerate(sentences):
+        own = windows_of.get(index, [])
+        chosen = best_window_positions([encoded.word_ids(w) for w in own])
+        tags, scores = ["O"] * len(words), [0.0] * len(words)
+        for word, (window, position) in chosen.items():
+            score, tag = probabilities[own[window]][position].max(dim=-1)
+            tags[word], scores[word] = label_names[int(tag)], float(score)
+        results.append((tags, scores))
+    return results
+
+
 class TokenClassificationModule(TaskModule):
     """A pretrained encoder with a per-token tagging head over `label_names` (tags).
 
@@ -40,6 +111,7 @@ class TokenClassificationModule(TaskModule):
 
     task_name = "token_classification"
     auto_class = AutoModelForTokenClassification
+    pipeline_task = "token-classification"
 
     def __init__(
         self,
@@ -90,32 +162,38 @@ class TokenClassificationModule(TaskModule):
         metrics["entities"].update(predictions, batch["labels"])
         metrics["token_acc"].update(predictions.flatten(), batch["labels"].flatten())
 
-    @torch.no_grad()
-    def tag_words(self, sentences: list[list[str]], tokenizer, max_length: int = 512) -> list[dict]:
-        """Tag pre-split sentences: per word its tag and probability (read at the word's first
-        subword), and the entity spans. Words cut off by `max_length` get no tag."""
-        encoded = tokenizer(
+    def tag_words(
+        self,
+        sentences: list[list[str]],
+        tokenizer,
+        max_length: int = 512,
+        stride: int | None = None,
+        batch_size: int = 32,
+    ) -> list[dict]:
+        """Tag pre-split sentences: per word its tag and probability (`scores`, read at the
+        word's first subword), and the entity spans. Sentences longer than `max_length`
+        subwords are read in windows overlapping by `stride` tokens (default: a quarter of the
+        window), so no word goes untagged."""
+        room = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        tagged = tag_sentences(
+            self.model,
+            tokenizer,
             sentences,
-            is_split_into_words=True,
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        ).to(self.device)
-        probabilities = self.model(**encoded).logits.softmax(dim=-1)  # (batch, seq, tags)
-        results = []
-        for row, words in enumerate(sentences):
-            tags, scores, seen = ["O"] * len(words), [0.0] * len(words), set()
-            for position, word in enumerate(encoded.word_ids(row)):
-                if word is None or word in seen:
-                    continue
-                seen.add(word)
-                score, tag = probabilities[row, position].max(dim=-1)
-                tags[word], scores[word] = self.label_names[int(tag)], float(score)
-            results.append(
-                {"words": words, "tags": tags, "entities": entity_spans(words, tags, scores)}
-            )
-        return results
+            self.label_names,
+            max_length,
+            room // 4 if stride is None else stride,
+            batch_size,
+            self.device,
+        )
+        return [
+            {
+                "words": words,
+                "tags": tags,
+                "scores": scores,
+                "entities": entity_spans(words, tags, scores),
+            }
+            for words, (tags, scores) in zip(sentences, tagged, strict=True)
+        ]
 
     def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
         values = dict(metrics["entities"].compute())
