@@ -240,6 +240,10 @@ def test_lora_run_saves_adapters_and_head_only_and_reloads(make_cfg, tmp_path):
         torch.testing.assert_close(reloaded[key], value)
     metrics = json.loads((tmp_path / "lora/metrics.json").read_text())
     assert metrics["finetune"]["name"] == "lora"
+    full_metrics = json.loads((tmp_path / "full/metrics.json").read_text())
+    lora_size = metrics["best_validation"]["checkpoint_megabytes"]
+    assert 0 < lora_size < full_metrics["best_validation"]["checkpoint_megabytes"] / 3
+    assert metrics["peak_memory"]["rss_megabytes"] > 0
     assert metrics["parameters"]["trainable_percent"] < 1
 
 
