@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import runpy
@@ -27,6 +28,7 @@ from lmforge.data import TextClassificationDataModule, TokenClassificationDataMo
 from lmforge.errors import LmforgeError
 from lmforge.tasks import TextClassificationModule, TokenClassificationModule
 from lmforge.train import train
+from tests.conftest import TOPICS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "classification_baselines.py"
 
@@ -289,6 +291,27 @@ def test_a_run_writes_the_comparison(compared_run):
     assert "| test/loss (lower is better) |" in text
     if counts["wrong_to_right"] + counts["right_to_wrong"]:
         assert "## Test examples whose prediction flipped" in text
+
+
+def test_a_run_writes_its_test_predictions_and_confusion_matrix(compared_run, tiny_data):
+    metrics = read_json(compared_run / "metrics.json")
+    lines = (compared_run / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    with open(tiny_data / "test.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["text"] for r in records] == [r["text"] for r in rows]
+    assert [r["label"] for r in records] == [r["label"] for r in rows]
+    assert all(r["correct"] == (r["label"] == r["predicted"]) for r in records)
+    correct = sum(r["correct"] for r in records)
+    assert correct / len(records) == pytest.approx(metrics["test"]["test/acc"])
+
+    confusion = metrics["confusion_matrix"]
+    names = confusion["labels"]
+    assert sorted(names) == sorted(TOPICS)
+    for i, gold in enumerate(names):
+        for j, predicted in enumerate(names):
+            expected = sum(r["label"] == gold and r["predicted"] == predicted for r in records)
+            assert confusion["matrix"][i][j] == expected
 
 
 def test_init_from_labels_the_before_column_as_that_checkpoint(compared_run, make_cfg, tmp_path):

@@ -5,12 +5,14 @@ examples whose prediction flipped. Returned for metrics.json and written as comp
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.baselines import example_texts, forward_split
-from lmforge.rundir import write_new
+from lmforge.rundir import PREDICTIONS_FILE, write_new
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +86,13 @@ def gold_labels(datamodule: TextDataModule, split: str = "test") -> list[Any]:
     return list(labels)
 
 
+def _label_name(label: Any, label_names: list[str]) -> str:
+    """A label id's name; a multi-label list of ids as names joined by '|'."""
+    if isinstance(label, list):
+        return "|".join(label_names[i] for i in label)
+    return label_names[label]
+
+
 def flipped_examples(
     texts: list[str],
     gold: list[Any],
@@ -96,11 +105,7 @@ def flipped_examples(
     each flip direction: text, gold label, before and after prediction."""
 
     def name(label: Any) -> str:
-        return (
-            "|".join(label_names[i] for i in label)
-            if isinstance(label, list)
-            else label_names[label]
-        )
+        return _label_name(label, label_names)
 
     groups: dict[str, list[dict[str, Any]]] = {
         "wrong_to_right": [],
@@ -171,7 +176,7 @@ def build_comparison(
     baselines: dict[str, dict[str, Any]],
     checkpoint: str | None,
     max_flipped: int,
-    device: torch.device | str | None = None,
+    predictions: SplitPredictions | None = None,
 ) -> dict[str, Any]:
     """The comparison record (metrics.json: comparison) of a finished run.
 
@@ -181,7 +186,8 @@ def build_comparison(
         after: `{"validation": {...}, "test": {...}}` metrics of the evaluated weights.
         baselines: `lmforge.baselines.run_baselines`' result.
         checkpoint: the checkpoint the 'after' figures come from (None: the final weights).
-        max_flipped: flipped test examples listed per direction (0: none, no prediction pass).
+        max_flipped: flipped test examples listed per direction (0: none).
+        predictions: the evaluated weights' test predictions (`predict_test_split`).
     """
     before_metrics = None
     if before is not None:
@@ -197,16 +203,69 @@ def build_comparison(
         "task": module.task_name,
     }
     previous = (before or {}).get("predictions", {}).get("test")
-    if max_flipped and previous is not None and after.get("test"):
+    if max_flipped and previous is not None and predictions is not None:
         comparison["flipped"] = flipped_examples(
-            example_texts(datamodule, datamodule.raw_splits()["test"]),
-            gold_labels(datamodule),
+            predictions.texts,
+            predictions.gold,
             previous,
-            predict_labels(module, datamodule, "test", device),
+            predictions.predicted,
             module.label_names,
             max_flipped,
         )
     return comparison
+
+
+# ----- the evaluated weights' test predictions ------------------------------------------------
+@dataclass
+class SplitPredictions:
+    """Gold and predicted label ids per test row (multi-label: lists of ids), with the texts."""
+
+    texts: list[str]
+    gold: list[Any]
+    predicted: list[Any]
+    label_names: list[str]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One row per test example with label names: test_predictions.jsonl."""
+        return [
+            {
+                "text": text,
+                "label": _label_name(g, self.label_names),
+                "predicted": _label_name(p, self.label_names),
+                "correct": g == p,
+            }
+            for text, g, p in zip(self.texts, self.gold, self.predicted, strict=True)
+        ]
+
+    def confusion_matrix(self) -> dict[str, Any] | None:
+        """Counts with gold labels as rows and predictions as columns (single-label only)."""
+        if any(isinstance(g, list) for g in self.gold):
+            return None
+        size = len(self.label_names)
+        matrix = [[0] * size for _ in range(size)]
+        for g, p in zip(self.gold, self.predicted, strict=True):
+            matrix[g][p] += 1
+        return {"split": "test", "labels": list(self.label_names), "matrix": matrix}
+
+
+def predict_test_split(
+    module: TaskModule, datamodule: TextDataModule, device: torch.device | str | None = None
+) -> SplitPredictions | None:
+    """The module's predictions on the test split (None for tasks without one label per row)."""
+    predicted = predict_labels(module, datamodule, "test", device)
+    if predicted is None:
+        return None
+    texts = example_texts(datamodule, datamodule.raw_splits()["test"])
+    return SplitPredictions(texts, gold_labels(datamodule), predicted, list(module.label_names))
+
+
+def write_test_predictions(run_dir: Path, predictions: SplitPredictions) -> Path:
+    """test_predictions.jsonl: text, gold label, predicted label and whether they agree."""
+    path = run_dir / PREDICTIONS_FILE
+    write_new(
+        path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions.records())
+    )
+    return path
 
 
 # ----- comparison.md ----------------------------------------------------------------------------

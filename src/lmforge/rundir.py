@@ -22,6 +22,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.json"
 BEFORE_FILE = "before_training.json"
+PREDICTIONS_FILE = "test_predictions.jsonl"
 TOKENIZER_DIR = "tokenizer"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 

@@ -26,7 +26,9 @@ from lmforge.comparison import (
     build_comparison,
     describe_start,
     predict_labels,
+    predict_test_split,
     write_comparison,
+    write_test_predictions,
 )
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
@@ -89,6 +91,9 @@ def train(
     after = _test(cfg, trainer, module, datamodule) if cfg.test else {}
 
     best = _best_validation(cfg, trainer)
+    # One prediction pass over test serves the confusion matrix, the flipped examples and
+    # test_predictions.jsonl (classification only).
+    predictions = predict_test_split(module, datamodule, device) if after.get("test") else None
     comparison = build_comparison(
         module,
         datamodule,
@@ -97,7 +102,7 @@ def train(
         baselines,
         checkpoint=(best or {}).get("checkpoint"),
         max_flipped=cfg.compare.max_flipped,
-        device=device,
+        predictions=predictions,
     )
     metrics = {
         "task": module.task_name,
@@ -105,6 +110,7 @@ def train(
         "validation": after.get("validation", {}),
         "before_training": before_summary(before),
         "comparison": comparison,
+        "confusion_matrix": predictions.confusion_matrix() if predictions else None,
         "best_validation": best,
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
@@ -119,6 +125,8 @@ def train(
     }
     path = write_json(run_dir, METRICS_FILE, metrics)
     write_comparison(run_dir, comparison)
+    if predictions:
+        write_test_predictions(run_dir, predictions)
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return best["value"] if best else None
