@@ -94,11 +94,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return root
 
 
-def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config=False
+) -> DictConfig:
     """Compose a config from the real conf/ directory, as the command line would."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        return compose(config_name=config_name, overrides=overrides or [])
+        return compose(
+            config_name=config_name,
+            overrides=overrides or [],
+            return_hydra_config=return_hydra_config,
+        )
 
 
 def tiny_overrides(tiny_model: Path, tiny_data: Path) -> list[str]:

@@ -22,6 +22,7 @@ GROUPS = [
     "callbacks",
     "logger",
     "paths",
+    "hparams_search",
 ]
 
 
@@ -48,6 +49,20 @@ def test_every_group_option_composes(override):
     cfg = compose_config([override])
     for node in all_targets(cfg):
         get_object(node._target_)  # the target imports
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"hydra/{group}={option}"
+        for group in ("sweeper", "launcher")
+        for option in options(f"hydra/{group}")
+    ],
+)
+def test_every_hydra_plugin_option_composes_and_its_target_imports(override):
+    cfg = compose_config([override], return_hydra_config=True)
+    group = override.split("=")[0].removeprefix("hydra/")
+    get_object(cfg.hydra[group]._target_)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

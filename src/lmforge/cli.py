@@ -26,14 +26,27 @@ log = logging.getLogger("lmforge")
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print an LmforgeError as one paragraph and exit 1 (full trace with HYDRA_FULL_ERROR=1)."""
+    """Print an LmforgeError as one paragraph and exit 1 (full trace with HYDRA_FULL_ERROR=1).
+
+    Inside a multirun job the error is logged (console and the job's log file) and raised on,
+    so the sweeper records that job as failed and decides what follows.
+    """
     try:
         yield
     except LmforgeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if _in_multirun():
+            log.error("lmforge: error: %s", err)
+            raise
         print(f"lmforge: error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+def _in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _route_library_logs() -> None:

@@ -32,6 +32,7 @@ from lmforge.comparison import (
 )
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
+from lmforge.report import plot_run_curves
 from lmforge.rundir import (
     BEFORE_FILE,
     LABELS_FILE,
@@ -125,6 +126,7 @@ def train(
     }
     path = write_json(run_dir, METRICS_FILE, metrics)
     write_comparison(run_dir, comparison)
+    plot_run_curves(run_dir, cfg.optimized_metric)
     if predictions:
         write_test_predictions(run_dir, predictions)
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
