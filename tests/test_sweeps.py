@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from lmforge.errors import LmforgeError
+from lmforge.report import write_report
 from lmforge.sweep import (
     OptunaSweeper,
     distribution_for,
@@ -232,8 +234,9 @@ def test_a_multirun_with_ddp_makes_one_dir_per_job(tmp_path, tiny_model, tiny_da
     assert sorted(p.parent.name for p in run_records) == ["0", "1"]
 
 
-def test_an_optuna_sweep_killed_mid_trial_resumes_without_rerunning_or_overwriting(
-    tmp_path, tiny_model, tiny_data
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_an_optuna_sweep_stopped_mid_trial_resumes_without_rerunning_or_overwriting(
+    stop, tmp_path, tiny_model, tiny_data
 ):
     sweep = tmp_path / "sweep"
     command = [
@@ -250,8 +253,8 @@ def test_an_optuna_sweep_killed_mid_trial_resumes_without_rerunning_or_overwriti
         assert process.poll() is None, finish(process)[-3000:]
         assert time.monotonic() < deadline, "the second trial never started"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    os.killpg(process.pid, stop)
+    process.wait(timeout=120)
     assert not (sweep / "1" / "metrics.json").exists(), "killed too late: trial 1 finished"
     before = {job: digest(sweep / job) for job in ("0", "1")}
 
@@ -278,6 +281,13 @@ def test_an_optuna_sweep_killed_mid_trial_resumes_without_rerunning_or_overwriti
     assert results["completed"] == 3 and results["interrupted"] == 1
     assert results["best_value"] == pytest.approx(study.best_value)
     assert "1 of 3 trials finished, 2 to run" in output
+
+    # The report lists the 3 finished trials, best first, and says why trial 1 is missing.
+    report = write_report(sweep)
+    table = list(csv.DictReader((report.parent / "report.csv").open(encoding="utf-8")))
+    assert sorted(row["run"] for row in table) == ["0", "2", "3"]
+    assert float(table[0]["best_validation"]) == pytest.approx(study.best_value)
+    assert "## Skipped" in report.read_text() and "1" in report.read_text().split("## Skipped")[1]
 
     # Run again: nothing is left to do.
     output = finish(launch(*command, cwd=tmp_path))

@@ -297,6 +297,8 @@ class OptunaSweeper(Sweeper):
             for trial in batch:
                 trial.set_user_attr("interrupted", True)
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                if self.retry_interrupted:
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
         for trial, result in zip(batch, results, strict=True):
             self._tell(study, trial, result)
