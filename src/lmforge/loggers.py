@@ -1,17 +1,33 @@
-"""A CSV logger that appends to a run's existing metrics file instead of deleting it.
+"""Loggers: Lightning's, adapted to runs that continue in their own directory and to lmforge's
+end-of-run results.
 
 Lightning's CSVLogger deletes `metrics.csv` when its directory already holds files, and a
 fresh writer process (a resumed run, a spawned DDP worker, the test stage after fit) rewrites the
 header with only the keys it has seen. Both lose rows of a run that continues in its own
-directory, so this subclass keeps the file and merges headers.
+directory, so `CSVLogger` keeps the file and merges headers.
+
+`WandbLogger` also publishes what a finished run knows beyond its metric curves (the
+before/after table, the confusion matrix, sample predictions): `publish_run_results`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+from lmforge.rundir import PREDICTIONS_FILE
+
+log = logging.getLogger(__name__)
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -44,4 +60,160 @@ class CSVLogger(LightningCSVLogger):
         return state
 
 
-__all__ = ["AppendingExperimentWriter", "CSVLogger"]
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger that also shows a finished run's results in W&B.
+
+    Metrics keep the keys of the other loggers (`train/loss`, `val/acc`, `test/f1_macro`);
+    at the end of the run `publish_results` adds the before/after table, the test confusion
+    matrix (single-label classification) and a table of sample test predictions, and closes
+    the W&B run so that the next job of a sweep in the same process starts its own.
+
+    Args:
+        sample_predictions: test rows shown in the sample predictions table (0: none).
+        **kwargs: Lightning's WandbLogger arguments; unknown ones go to `wandb.init`.
+    """
+
+    def __init__(self, sample_predictions: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sample_predictions = sample_predictions
+        # Lightning always passes `anonymous`; wandb warns about any explicit value, unused.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, started on first use (rank zero; a stand-in elsewhere)."""
+        if self._experiment is None and rank_zero_only.rank == 0:
+            import wandb
+
+            # A sweep job that failed leaves its run open in this process, and Lightning would
+            # log the next job into it: close it as failed. An open run of this id continues.
+            if wandb.run is not None and wandb.run.id != self._id:
+                log.warning("Closing the unfinished W&B run %s as failed.", wandb.run.id)
+                wandb.run.finish(exit_code=1)
+        return super().experiment
+
+    def publish_results(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+        """Log the run's result tables and summary figures, then finish the W&B run."""
+        import wandb
+
+        run = self.experiment
+        try:
+            results: dict[str, Any] = {}
+            comparison = metrics.get("comparison")
+            if comparison and comparison.get("rows"):
+                results["comparison/before_after"] = comparison_table(comparison)
+            matrix = metrics.get("confusion_matrix")
+            if matrix:
+                results["test/confusion_matrix"] = confusion_matrix_chart(matrix)
+            rows = read_predictions(Path(run_dir) / PREDICTIONS_FILE, self.sample_predictions)
+            if rows:
+                results["test/predictions"] = wandb.Table(
+                    columns=list(rows[0]), data=[list(row.values()) for row in rows]
+                )
+            if results:
+                run.log(results)
+            run.summary.update(run_figures(metrics))
+        finally:
+            run.finish()
+
+
+def comparison_table(comparison: dict[str, Any]) -> Any:
+    """The before/after table (metrics.json: comparison) as a `wandb.Table`: one row per
+    metric with before, after, change, change %, and each scored baseline's value."""
+    import wandb
+
+    baselines = [n for n, b in comparison.get("baselines", {}).items() if "metrics" in b]
+    columns = ["metric", "before", "after", "change", "change %", *baselines]
+    data = [
+        [
+            key,
+            row.get("before"),
+            row.get("after"),
+            row.get("change"),
+            row.get("change_percent"),
+            *(row.get(name) for name in baselines),
+        ]
+        for key, row in comparison["rows"].items()
+    ]
+    return wandb.Table(columns=columns, data=data)
+
+
+def confusion_matrix_chart(matrix: dict[str, Any]) -> Any:
+    """W&B's own confusion matrix chart for counts (metrics.json: confusion_matrix; rows gold,
+    columns predicted).
+
+    `wandb.plot.confusion_matrix` wants one (gold, predicted) pair per example and counts them
+    into this very table; handing it the counts with the same chart spec skips the round trip.
+    """
+    import wandb
+
+    names = matrix["labels"]
+    data = [
+        [gold, predicted, count]
+        for gold, counts in zip(names, matrix["matrix"], strict=True)
+        for predicted, count in zip(names, counts, strict=True)
+    ]
+    table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
+    fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
+    title = f"Confusion matrix ({matrix['split']})"
+    return wandb.plot_table("wandb/confusion_matrix/v1", table, fields, {"title": title})
+
+
+def read_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` rows of test_predictions.jsonl, label lists (multi-label) joined into
+    one readable cell; [] when the run wrote none."""
+    if limit <= 0 or not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            if len(rows) == limit:
+                break
+            record = json.loads(line)
+            rows.append({k: ", ".join(v) if isinstance(v, list) else v for k, v in record.items()})
+    return rows
+
+
+def run_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Run-level figures of metrics.json for the runs table (compare jobs of a sweep by them)."""
+    best = metrics.get("best_validation") or {}
+    figures = {
+        f"best/{best.get('metric')}": best.get("value"),
+        "run/wall_time_seconds": metrics.get("wall_time_seconds"),
+        "run/train_samples_per_second": metrics.get("train_samples_per_second"),
+        "run/trainable_parameters": (metrics.get("parameters") or {}).get("trainable"),
+    }
+    return {key: value for key, value in figures.items() if value is not None}
+
+
+@rank_zero_only
+def publish_run_results(loggers: Iterable[Logger], run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Hand a finished run's results (metrics.json and the files beside it) to every logger
+    that shows more than metric curves (those with a `publish_results` method).
+
+    The run has finished and written its files by now, so a logger that fails here (no network,
+    a full disk) costs only its dashboard: the error is logged as a warning, never raised.
+    """
+    for logger in loggers:
+        publish = getattr(logger, "publish_results", None)
+        if publish is None:
+            continue
+        try:
+            publish(run_dir, metrics)
+        except Exception as err:  # any failure: the run's own record is complete
+            log.warning(
+                "%s could not publish the run's results (%s: %s); they are in %s.",
+                type(logger).__name__,
+                type(err).__name__,
+                err,
+                run_dir,
+            )
+
+
+__all__ = [
+    "AppendingExperimentWriter",
+    "CSVLogger",
+    "WandbLogger",
+    "publish_run_results",
+]

@@ -9,7 +9,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
 
@@ -106,6 +106,34 @@ def run_id(output_dir: str) -> str:
     return f"{Path(str(output_dir)).name}-{digest[:8]}".replace("_", "-")
 
 
+def _multirun_hydra() -> DictConfig | None:
+    """Hydra's own config of this job when it is one job of a `-m` sweep, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    return hydra if hydra.mode == RunMode.MULTIRUN else None
+
+
+def sweep_group(task_name: str) -> str | None:
+    """The logger group of a job: its sweep's name in a Hydra multirun, None in a single run.
+
+    All jobs of one `-m` sweep share its directory (`outputs/train/multiruns/<time>`), so the
+    directory's name after the task name (`train-2026-11-22_10-00-00`) groups them and tells
+    one sweep from another.
+    """
+    hydra = _multirun_hydra()
+    return None if hydra is None else f"{task_name}-{Path(str(hydra.sweep.dir)).name}"
+
+
+def job_name(task_name: str) -> str:
+    """A readable logger run name: the task name, and the job number within a sweep."""
+    hydra = _multirun_hydra()
+    return task_name if hydra is None else f"{task_name}-{hydra.job.num}"
+
+
 def safe_name(text: str) -> str:
     """A label name made safe for a metric key (`val/f1_<name>`)."""
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(text)).strip("_") or "label"
@@ -121,6 +149,8 @@ def register_resolvers() -> None:
         "lmforge.run_dir": (run_dir, True),
         "lmforge.hydra_subdir": (hydra_subdir, True),
         "lmforge.run_id": (run_id, False),
+        "lmforge.sweep_group": (sweep_group, False),
+        "lmforge.job_name": (job_name, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -32,6 +32,7 @@ from lmforge.comparison import (
 )
 from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule
+from lmforge.loggers import publish_run_results
 from lmforge.report import plot_run_curves
 from lmforge.rundir import (
     BEFORE_FILE,
@@ -129,6 +130,7 @@ def train(
     plot_run_curves(run_dir, cfg.optimized_metric)
     if predictions:
         write_test_predictions(run_dir, predictions)
+    publish_run_results(trainer.loggers, run_dir, metrics)
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return best["value"] if best else None
