@@ -740,7 +740,9 @@ def _plot_report_curves(runs: list[Run], keys: list[str], metric: str, path: Pat
         for rank, (run, curves) in enumerate(drawn)
     ]
     others = max(len(drawn) - MAX_LEGEND_RUNS, 0)
-    title = f"{len(entries)} runs" + (f" ({others} more in grey)" if others else "")
+    title = (f"{len(entries)} runs" if len(entries) != 1 else "1 run") + (
+        f" ({others} more in grey)" if others else ""
+    )
     return _plot_curves(entries, metric, path, title=title)
 
 
