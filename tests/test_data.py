@@ -202,7 +202,7 @@ def test_missing_text_names_the_rows(tmp_path, tiny_model):
     rows = make_rows(10, 0)
     rows[3]["text"] = ""
     path = write_csv(tmp_path / "t.csv", rows)
-    message = error_of(tmp_path, tiny_model, train_file=str(path))
+    message = error_of(tmp_path, tiny_model, train_file=str(path), drop_empty=False)
     assert "row(s) 4" in message and "'text'" in message
 
 

@@ -1,6 +1,6 @@
 """Data sources, the shared datamodule and the task datamodules."""
 
-from lmforge.data.datamodule import TextDataModule
+from lmforge.data.datamodule import TextDataModule, prepare_datamodule
 from lmforge.data.language_modeling import LanguageModelingDataModule
 from lmforge.data.text_classification import TextClassificationDataModule
 from lmforge.data.token_classification import TokenClassificationDataModule
@@ -10,4 +10,5 @@ __all__ = [
     "TextClassificationDataModule",
     "TextDataModule",
     "TokenClassificationDataModule",
+    "prepare_datamodule",
 ]

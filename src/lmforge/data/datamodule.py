@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lmforge.data.sampler import SeededBatchSampler
+from lmforge.data.checks import build_report, drop_empty_rows, log_report
+from lmforge.data.sampler import ResumableDataLoader, SeededBatchSampler
 from lmforge.data.sources import (
     FORMATS,
     check_file,
@@ -36,7 +37,8 @@ from lmforge.errors import LmforgeError
 log = logging.getLogger(__name__)
 
 # Bump when the cached layout or preprocessing code changes, so old caches are not reused.
-CACHE_FORMAT = 1
+# 2: empty rows dropped before tokenization; meta.json holds the data checks.
+CACHE_FORMAT = 2
 SPLITS = ("train", "validation", "test")
 
 
@@ -110,6 +112,7 @@ class TextDataModule(pl.LightningDataModule):
         validation_ratio: float = 0.1,
         test_ratio: float = 0.1,
         seed: int = 0,
+        drop_empty: bool = True,
     ) -> None:
         super().__init__()
         self.sources = {
@@ -135,6 +138,13 @@ class TextDataModule(pl.LightningDataModule):
         self.validation_ratio = validation_ratio
         self.test_ratio = test_ratio
         self.seed = seed
+        # (epoch, batches done) of a run resumed mid-epoch: where its training batches continue.
+        self.resume_point: tuple[int, int] | None = None
+        self.drop_empty = drop_empty
+        # The data checks (see lmforge.data.checks.build_report), filled by `setup`: a plain
+        # dict for the log, `lmforge-check` and metrics.json.
+        self.data_report: dict[str, Any] = {}
+        self._dropped: dict[str, dict[str, Any]] = {}
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.lengths: dict[str, list[int]] = {}
@@ -147,7 +157,7 @@ class TextDataModule(pl.LightningDataModule):
     # ----- hooks for task datamodules -------------------------------------------------------
     def preprocessing_settings(self) -> dict[str, Any]:
         """Settings that change the tokenized data; part of the cache key."""
-        return {"max_length": self.max_length}
+        return {"max_length": self.max_length, "drop_empty": self.drop_empty}
 
     def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
         """Check the raw splits and add a `labels` column; return metadata (e.g. label names)."""
@@ -172,6 +182,32 @@ class TextDataModule(pl.LightningDataModule):
     def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """A last, cached step per split (e.g. fixed masking of evaluation data)."""
         return dataset
+
+    # Config key of the length limit, named in truncation warnings.
+    length_key = "data.max_length"
+
+    def check_split(self, split: str, dataset: datasets.Dataset) -> None:
+        """Refuse a raw split the task cannot use (missing columns, missing labels)."""
+
+    def empty_rows(self, split: str, dataset: datasets.Dataset) -> tuple[list[int], str]:
+        """0-based indices of rows with no text, and how to describe them ("an empty ...")."""
+        return [], ""
+
+    def row_texts(self, dataset: datasets.Dataset) -> list[str] | None:
+        """The text of each raw row, compared across splits by the duplicate check."""
+        return None
+
+    def label_counts(self, dataset: datasets.Dataset, meta: dict[str, Any]) -> dict | None:
+        """Examples per label (words per tag for NER) of an encoded split; None without labels."""
+        return None
+
+    def source_of(self, split: str) -> str:
+        """Where a split comes from, as errors and the data report name it."""
+        if path := self.sources.get(f"{split}_file"):
+            return f"data.{split}_file={path!r}"
+        if name := self.sources["dataset_name"]:
+            return f"data.dataset_name={name!r}, {split} split"
+        return f"carved from {self.source_of('train')}"
 
     # ----- preparation ------------------------------------------------------------------------
     def _ensure_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -234,6 +270,7 @@ class TextDataModule(pl.LightningDataModule):
                 split, tokenized[split].remove_columns("truncated")
             )
         meta["stats"] = stats
+        meta["data_checks"] = self._data_checks(raw, stats, meta)
         # Write to a temporary folder and rename, so a crash or a concurrent run never leaves a
         # half-written cache entry that a later run would trust.
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,9 +286,50 @@ class TextDataModule(pl.LightningDataModule):
     def _checked_raw_splits(self) -> tuple[datasets.DatasetDict, dict[str, Any]]:
         """The raw splits, checked and with their targets, missing splits carved; and meta."""
         raw = self._raw or load_splits(**self.sources, reader=self.read_file)[0]
+        raw = self._drop_empty_rows(raw)
         raw, meta = self.encode_targets(raw)
         raw, meta["carved_splits"] = self._carve_missing_splits(raw)
         return raw, meta
+
+    def _drop_empty_rows(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Check each split, then drop its rows without text (or fail: `data.drop_empty`)."""
+        kept = {}
+        for split, dataset in raw.items():
+            self.check_split(split, dataset)
+            empty, what = self.empty_rows(split, dataset)
+            kept[split], self._dropped[split] = drop_empty_rows(
+                dataset,
+                empty,
+                split=split,
+                source=self.source_of(split),
+                what=what,
+                drop=self.drop_empty,
+            )
+        return datasets.DatasetDict(kept)
+
+    def _data_checks(
+        self, raw: datasets.DatasetDict, stats: dict[str, dict], meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The report of `lmforge.data.checks.build_report` on the carved, encoded splits."""
+        carved = meta.get("carved_splits", [])
+        no_drops = {"count": 0, "rows": []}
+        splits = {
+            split: {
+                "source": f"carved from {self.source_of('train')}"
+                if split in carved
+                else self.source_of(split),
+                "rows": len(dataset),
+                "examples": stats[split]["examples"],
+                "truncated": stats[split]["truncated"],
+                # A carved split's empty rows were dropped from (and counted in) train.
+                "dropped_empty": self._dropped.get(split, no_drops),
+                "labels": self.label_counts(dataset, meta),
+            }
+            for split, dataset in raw.items()
+        }
+        texts = {split: self.row_texts(dataset) for split, dataset in raw.items()}
+        has_texts = all(t is not None for t in texts.values())
+        return build_report(splits, texts if has_texts else None, self.length_key, self.max_length)
 
     def raw_splits(self) -> dict[str, datasets.Dataset]:
         """The splits before tokenization (same checks, carving and caps): the text that
@@ -338,18 +416,12 @@ class TextDataModule(pl.LightningDataModule):
         self.report()
 
     def report(self) -> None:
-        """Log split sizes and the share of examples cut at max_length."""
+        """Log the data checks and keep them in `data_report`, with the rows used after caps."""
+        report = json.loads(json.dumps(self.meta["data_checks"]))  # a copy to add to
         for split, dataset in self.splits.items():
-            stats = self.meta["stats"][split]
-            share = stats["truncated"] / max(stats["examples"], 1)
-            log.info(
-                "%s: %d examples%s; %.1f%% truncated at max_length=%d",
-                split,
-                len(dataset),
-                " (carved from train)" if split in self.meta.get("carved_splits", []) else "",
-                100 * share,
-                self.max_length,
-            )
+            report["splits"][split]["used"] = len(dataset)
+        self.data_report = report
+        log_report(report)
 
     # ----- batches ----------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -361,15 +433,15 @@ class TextDataModule(pl.LightningDataModule):
         sampler = SeededBatchSampler(
             self.lengths[split],
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            # Overfitting (trainer.overfit_batches) repeats the same first batches every epoch.
+            shuffle=train and not (self.trainer is not None and self.trainer.overfit_batches),
             # Evaluation order does not change metrics; sorted batches pad less.
             group_by_length=self.group_by_length or not train,
             seed=self.seed,
             num_replicas=world,
             rank=rank,
         )
-        return DataLoader(
-            self.splits[split],
+        options: dict[str, Any] = dict(
             batch_sampler=sampler,
             collate_fn=self.build_collator() if train else self.eval_collator(),
             num_workers=self.num_workers,
@@ -379,6 +451,19 @@ class TextDataModule(pl.LightningDataModule):
             # drives dropout and must continue unchanged across resume).
             generator=torch.Generator().manual_seed(self.seed),
         )
+        if train and self.trainer is not None:
+            # Checkpoints record where the epoch stood, so a resumed run continues mid-epoch.
+            if self.resume_point is not None:
+                sampler.resume_at(*self.resume_point)
+            return ResumableDataLoader(
+                self.splits[split], progress=self._training_progress, **options
+            )
+        return DataLoader(self.splits[split], **options)
+
+    def _training_progress(self) -> tuple[int, int]:
+        """(epoch, training batches whose step ran in this epoch) of the running fit."""
+        trainer = self.trainer
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -388,3 +473,13 @@ class TextDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+def prepare_datamodule(data_config: Any) -> TextDataModule:
+    """Build the datamodule a `data` config describes, read, check and tokenize its data."""
+    from hydra.utils import instantiate
+
+    datamodule: TextDataModule = instantiate(data_config, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule

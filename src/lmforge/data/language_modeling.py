@@ -126,6 +126,7 @@ class LanguageModelingDataModule(TextDataModule):
             "mlm_probability": self.mlm_probability if self.objective == "masked" else None,
             "whole_word_mask": self.whole_word_mask if self.objective == "masked" else None,
             "seed": self.seed if self.objective == "masked" else None,
+            "drop_empty": self.drop_empty,
         }
 
     def read_file(self, path: str, key: str) -> datasets.Dataset:
@@ -136,22 +137,37 @@ class LanguageModelingDataModule(TextDataModule):
             "text", data_files=str(file), split="train", sample_by=self.text_file_mode
         )
         self.text_column = "text"
+        # Blank lines in a text file are layout, not examples: dropped without a report.
+        total = len(dataset)
         dataset = dataset.filter(lambda row: bool(row["text"].strip()))
         if len(dataset) == 0:
-            raise LmforgeError(f"{key}={path!r}: the file holds no text.")
+            raise LmforgeError(
+                f"{key}={path!r}: the file holds no text ({total} {self.text_file_mode}(s), all "
+                "blank or whitespace); expected at least one line of text."
+            )
         return dataset
+
+    # Blocks are the sequence length here.
+    length_key = "data.block_size"
+
+    def check_split(self, split: str, dataset: datasets.Dataset) -> None:
+        require_columns(dataset, {"text_column": self.text_column}, split, self.source_of(split))
+
+    def empty_rows(self, split: str, dataset: datasets.Dataset) -> tuple[list[int], str]:
+        empty = [
+            i
+            for i, text in enumerate(dataset[self.text_column])
+            if text is None or not str(text).strip()
+        ]
+        return empty, f"an empty or missing text in column {self.text_column!r}"
+
+    def row_texts(self, dataset: datasets.Dataset) -> list[str]:
+        return [str(t) for t in dataset[self.text_column]]
 
     def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
         for split, dataset in raw.items():
-            require_columns(dataset, {"text_column": self.text_column}, split)
             keep = [c for c in dataset.column_names if c != self.text_column]
-            raw[split] = dataset.remove_columns(keep).filter(
-                lambda row: (
-                    row[self.text_column] is not None and bool(str(row[self.text_column]).strip())
-                )
-            )
-            if len(raw[split]) == 0:
-                raise LmforgeError(f"The {split} split has no non-empty text.")
+            raw[split] = dataset.remove_columns(keep)
         return raw, {"objective": self.objective, "mode": self.mode}
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:

@@ -8,10 +8,11 @@ batches across distributed processes itself; and it can group texts of similar l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 # Length grouping sorts windows of this many batches, so batches stay random across the epoch.
 MEGABATCH_FACTOR = 50
@@ -49,6 +50,10 @@ class SeededBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.drop_last = drop_last
         self.epoch = 0
+        # (epoch, batches already trained on): set on a mid-epoch resume, used once.
+        self._resume: tuple[int, int] | None = None
+        # Returns the running fit's epoch (set by `ResumableDataLoader`); None: use set_epoch.
+        self.epoch_source: Callable[[], int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -82,11 +87,49 @@ class SeededBatchSampler(Sampler[list[int]]):
             batches = batches[self.rank :: self.num_replicas]
         return batches
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first `batches_done` batches the next time `epoch` is iterated."""
+        self._resume = (epoch, batches_done)
+
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        # A generator: this runs at the first batch, when the fit knows its epoch.
+        if self.epoch_source is not None:
+            self.epoch = self.epoch_source()
+        batches = self._batches()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            batches = batches[self._resume[1] :]
+        self._resume = None
+        yield from batches
 
     def __len__(self) -> int:
         n_batches = len(self.lengths) // self.batch_size
         if not self.drop_last and len(self.lengths) % self.batch_size:
             n_batches += 1
         return math.ceil(n_batches / self.num_replicas)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `SeededBatchSampler` that Lightning can resume mid-epoch.
+
+    Lightning saves `state_dict()` of stateful training loaders in each checkpoint and hands it
+    back on resume. The batch order is a function of (seed, epoch), so the state is only where
+    the epoch stood: the batches whose optimizer step already ran, read from the trainer's
+    progress at save time (the loader itself runs ahead of training by the prefetched batches).
+
+    Args:
+        progress: returns (epoch, batches processed in that epoch) of the running fit.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+        # Lightning hands the epoch to `sampler.set_epoch` and `batch_sampler.sampler.set_epoch`
+        # only, never to a batch sampler itself: the sampler asks the running fit instead.
+        self.batch_sampler.epoch_source = lambda: self.progress()[0]
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches_done = self.progress()
+        return {"epoch": epoch, "batches_done": batches_done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(state_dict["epoch"], state_dict["batches_done"])

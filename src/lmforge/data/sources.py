@@ -46,19 +46,31 @@ def _require_utf8(file: Path, key: str, path: str) -> None:
             except UnicodeDecodeError as err:
                 where = offset + err.start
                 line += block[: err.start].count(b"\n")
+                found = block[err.start : err.end].hex(" ")
                 raise LmforgeError(
-                    f"{key}={path!r}: the file is not valid UTF-8 (line {line}, byte {where} "
-                    "cannot be decoded); re-save it as UTF-8."
+                    f"{key}={path!r}: the file is not valid UTF-8: line {line}, byte offset "
+                    f"{where} holds byte(s) 0x{found} that UTF-8 cannot decode. Expected UTF-8 "
+                    "text; re-encode the file, e.g. `iconv -f latin1 -t utf-8 "
+                    f"{file.name} > utf8_{file.name}` if it is Latin-1 (a Windows or Excel "
+                    "export often is)."
                 ) from err
             offset += len(block)
             line += block.count(b"\n")
 
 
 def check_file(path: str, key: str, suffixes: Iterable[str] = tuple(FORMATS)) -> Path:
-    """Fail clearly unless `path` is a non-empty UTF-8 file of a supported type."""
+    """Fail clearly unless `path` is a non-empty, readable UTF-8 file of a supported type."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise LmforgeError(
+            f"{key}={path!r} is a directory ({file.resolve()}); expected a data file "
+            f"({', '.join(suffixes)})."
+        )
     if not file.is_file():
-        raise LmforgeError(f"{key}={path!r}: no such file (looked for {file.resolve()}).")
+        raise LmforgeError(
+            f"{key}={path!r}: no such file (looked for {file.resolve()}); expected an existing "
+            f"{', '.join(suffixes)} file (relative paths start from the launch directory)."
+        )
     suffix = file.suffix.lower()
     if suffix not in suffixes:
         raise LmforgeError(
@@ -66,10 +78,26 @@ def check_file(path: str, key: str, suffixes: Iterable[str] = tuple(FORMATS)) ->
             f"{', '.join(suffixes)}."
         )
     if file.stat().st_size == 0:
-        raise LmforgeError(f"{key}={path!r}: the file is empty.")
-    if suffix != ".parquet":
-        _require_utf8(file, key, path)
+        raise LmforgeError(
+            f"{key}={path!r}: the file is empty (0 bytes); expected a header line and data rows "
+            "(csv/tsv), one record per line (jsonl, conll, txt) or a parquet table."
+        )
+    try:
+        if suffix != ".parquet":
+            _require_utf8(file, key, path)
+        else:
+            file.open("rb").close()
+    except OSError as err:
+        raise LmforgeError(f"{key}={path!r}: the file cannot be read: {err.strerror}.") from err
     return file
+
+
+def _root_message(err: BaseException) -> str:
+    """The innermost explicit cause of an error: the builders wrap the parser's useful message
+    (e.g. pandas' "Expected 2 fields in line 3, saw 3") in a generic one."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_file(path: str, key: str) -> datasets.Dataset:
@@ -79,9 +107,19 @@ def load_file(path: str, key: str) -> datasets.Dataset:
     try:
         dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # the builders raise many types for malformed files
-        raise LmforgeError(f"{key}={path!r}: could not be read as {builder}: {err}") from err
-    if len(dataset) == 0:
-        raise LmforgeError(f"{key}={path!r}: the file holds no rows.")
+        # A csv holding only its header makes the builder find no data at all.
+        if "corresponds to no data" not in str(err):
+            raise LmforgeError(
+                f"{key}={path!r}: could not be read as {builder}: {_root_message(err)}"
+            ) from err
+        dataset = None
+    if dataset is None or len(dataset) == 0:
+        with open(file, encoding="utf-8") as f:
+            first = f.readline().strip()
+        header = f" (found only the line {first!r})" if builder == "csv" and first else ""
+        raise LmforgeError(
+            f"{key}={path!r}: the file holds no rows{header}; expected at least one data row."
+        )
     return dataset
 
 
@@ -144,11 +182,14 @@ def load_splits(
     return datasets.DatasetDict(splits), fingerprints
 
 
-def require_columns(dataset: datasets.Dataset, columns: dict[str, str | None], split: str) -> None:
-    """Fail clearly when a configured column is missing from a split."""
+def require_columns(
+    dataset: datasets.Dataset, columns: dict[str, str | None], split: str, source: str = ""
+) -> None:
+    """Fail clearly when a configured column is missing from a split (`source` names its file)."""
+    where = f" ({source})" if source else ""
     for key, column in columns.items():
         if column and column not in dataset.column_names:
             raise LmforgeError(
-                f"data.{key}={column!r} is not a column of the {split} split; columns found: "
-                f"{', '.join(dataset.column_names)}."
+                f"data.{key}={column!r} is not a column of the {split} split{where}; columns "
+                f"found: {', '.join(dataset.column_names)}. Set data.{key} to one of them."
             )

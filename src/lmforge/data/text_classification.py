@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from typing import Any
@@ -10,20 +9,17 @@ from typing import Any
 import datasets
 from transformers import DataCollatorWithPadding
 
+from lmforge.data.checks import row_numbers
 from lmforge.data.datamodule import TextDataModule
 from lmforge.data.sources import require_columns
 from lmforge.errors import LmforgeError
 
-log = logging.getLogger(__name__)
-
 
 def _is_missing(value: Any) -> bool:
+    """No value: None, NaN (pandas' empty csv cell), or a blank string."""
+    if isinstance(value, str):
+        return not value.strip()
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _rows(indices: list[int], limit: int = 5) -> str:
-    shown = ", ".join(str(i + 1) for i in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
 class TextClassificationDataModule(TextDataModule):
@@ -85,24 +81,46 @@ class TextClassificationDataModule(TextDataModule):
             return list(value)
         return [value]
 
-    def _check_split(self, dataset: datasets.Dataset, split: str) -> None:
-        columns = {
+    def _columns(self) -> dict[str, str | None]:
+        return {
             "text_column": self.text_column,
             "text_pair_column": self.text_pair_column,
             "label_column": self.label_column,
         }
-        require_columns(dataset, columns, split)
-        for key in ("text_column", "text_pair_column", "label_column"):
-            column = columns[key]
-            if not column:
-                continue
-            missing = [i for i, v in enumerate(dataset[column]) if _is_missing(v)]
-            if missing:
-                raise LmforgeError(
-                    f"The {split} split has {len(missing)} row(s) with no value in column "
-                    f"{column!r} (data.{key}): row(s) {_rows(missing)} (1-based, header not "
-                    "counted). Fill or remove them."
-                )
+
+    def check_split(self, split: str, dataset: datasets.Dataset) -> None:
+        """Configured columns exist; every row has a label (an empty text is only dropped)."""
+        source = self.source_of(split)
+        require_columns(dataset, self._columns(), split, source)
+        missing = [i for i, v in enumerate(dataset[self.label_column]) if _is_missing(v)]
+        if missing:
+            raise LmforgeError(
+                f"The {split} split ({source}) has {len(missing)} row(s) with no label in column "
+                f"{self.label_column!r} (data.label_column): row(s) {row_numbers(missing)} "
+                "(1-based, a csv header line not counted). Expected a label in every row; fill "
+                "or remove them."
+            )
+
+    def empty_rows(self, split: str, dataset: datasets.Dataset) -> tuple[list[int], str]:
+        columns = [c for c in (self.text_column, self.text_pair_column) if c]
+        values = zip(*(dataset[c] for c in columns), strict=True)
+        empty = [i for i, row in enumerate(values) if any(_is_missing(v) for v in row)]
+        return empty, f"an empty or missing text in column(s) {', '.join(map(repr, columns))}"
+
+    def row_texts(self, dataset: datasets.Dataset) -> list[str]:
+        texts = [str(t) for t in dataset[self.text_column]]
+        if self.text_pair_column:
+            pairs = dataset[self.text_pair_column]
+            texts = [f"{t} / {p}" for t, p in zip(texts, pairs, strict=True)]
+        return texts
+
+    def label_counts(self, dataset: datasets.Dataset, meta: dict[str, Any]) -> dict[str, int]:
+        names = meta["label_names"]
+        if self.multi_label:
+            counts = Counter(names[j] for row in dataset["labels"] for j, v in enumerate(row) if v)
+        else:
+            counts = Counter(names[j] for j in dataset["labels"])
+        return {name: counts.get(name, 0) for name in names}
 
     def _infer_label_names(self, train: datasets.Dataset) -> list[str]:
         feature = train.features[self.label_column]
@@ -119,13 +137,12 @@ class TextClassificationDataModule(TextDataModule):
         return sorted(str(v) for v in values)
 
     def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
-        for split, dataset in raw.items():
-            self._check_split(dataset, split)
         label_names = self.configured_label_names or self._infer_label_names(raw["train"])
         if not self.multi_label and len(label_names) < 2:
             raise LmforgeError(
-                f"The training split has a single label ({label_names!r}) in column "
-                f"{self.label_column!r}; classification needs at least two."
+                f"The train split ({self.source_of('train')}) has a single label "
+                f"({', '.join(map(repr, label_names))}, all {len(raw['train'])} rows) in column "
+                f"{self.label_column!r}; classification needs at least two labels in training."
             )
         feature = raw["train"].features[self.label_column]
         class_label = feature if isinstance(feature, datasets.ClassLabel) else None
@@ -148,7 +165,7 @@ class TextClassificationDataModule(TextDataModule):
                 return value
             return None
 
-        encoded, distribution = {}, {}
+        encoded = {}
         for split, dataset in raw.items():
             rows = [self._row_labels(v) for v in dataset[self.label_column]]
             ids = [[to_id(v) for v in row] for row in rows]
@@ -159,29 +176,26 @@ class TextClassificationDataModule(TextDataModule):
                 if i is None
             )
             if unknown:
-                source = "data.label_names" if self.configured_label_names else "the training split"
-                found = ", ".join(f"{k!r} ({n} rows)" for k, n in unknown.most_common(10))
+                known = "data.label_names" if self.configured_label_names else "the train split"
+                found = ", ".join(f"{k!r} ({n} row(s))" for k, n in unknown.most_common(10))
                 raise LmforgeError(
-                    f"The {split} split has label(s) in column {self.label_column!r} that "
-                    f"{source} does not have: {found}. "
-                    f"Known labels: {', '.join(map(repr, label_names))}."
+                    f"The {split} split ({self.source_of(split)}) has {sum(unknown.values())} "
+                    f"row label(s) in column {self.label_column!r} that {known} does not have: "
+                    f"{found}. Expected one of the known labels: "
+                    f"{', '.join(map(repr, label_names))}; add examples of the new labels to "
+                    "training, or fix or remove those rows."
                 )
             if self.multi_label:
                 labels = [
                     [1.0 if j in row else 0.0 for j in range(len(label_names))] for row in ids
                 ]
-                counts = Counter(label_names[j] for row in ids for j in row)
             else:
                 labels = [row[0] for row in ids]
-                counts = Counter(label_names[j] for j in labels)
-            distribution[split] = dict(sorted(counts.items()))
             encoded[split] = dataset.add_column("labels", labels)
-        for split, counts in distribution.items():
-            log.info("Label distribution (%s): %s", split, counts)
+        # Label counts per split are in the data checks (after carving).
         return datasets.DatasetDict(encoded), {
             "label_names": label_names,
             "multi_label": self.multi_label,
-            "label_distribution": distribution,
         }
 
     # ----- tokenization -------------------------------------------------------------------------

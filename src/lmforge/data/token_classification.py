@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ from transformers import DataCollatorForTokenClassification
 from lmforge.data.datamodule import TextDataModule
 from lmforge.data.sources import FORMATS, check_file, load_file, require_columns
 from lmforge.errors import LmforgeError
-
-log = logging.getLogger(__name__)
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob2", ".bio", ".txt")
 # Tag prefixes each scheme allows besides "O".
@@ -31,24 +28,33 @@ def check_tag(tag: str, scheme: str) -> bool:
 
 
 def read_conll(
-    path: str, key: str, token_index: int = 0, tag_index: int = -1, scheme: str | None = None
+    path: str,
+    key: str,
+    token_index: int = 0,
+    tag_index: int = -1,
+    scheme: str | None = None,
+    with_lines: bool = False,
 ) -> datasets.Dataset:
     """Read a CoNLL-style file: one token per line, columns split on whitespace, a blank line
     between sentences, `-DOCSTART-` lines skipped. Every line must have as many columns as the
     first one; with `scheme`, every tag must belong to it. Errors name the file and line.
+
+    With `with_lines`, a `lines` column holds each token's line number, so later checks can
+    point at the line too.
     """
     file = check_file(path, key, CONLL_SUFFIXES)
-    sentences: list[tuple[list[str], list[str]]] = []
+    sentences: list[tuple[list[str], list[str], list[int]]] = []
     tokens: list[str] = []
     tags: list[str] = []
+    lines: list[int] = []
     expected: int | None = None
     with open(file, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
                 if tokens:
-                    sentences.append((tokens, tags))
-                tokens, tags = [], []
+                    sentences.append((tokens, tags, lines))
+                tokens, tags, lines = [], [], []
                 continue
             if fields[0] == "-DOCSTART-":
                 continue
@@ -62,7 +68,8 @@ def read_conll(
             if len(fields) != expected:
                 raise LmforgeError(
                     f"{key}={path!r} line {number}: {len(fields)} columns, expected {expected} "
-                    f"like the first token line ({line.strip()!r})."
+                    f"like the first token line; found {line.strip()!r}. Every token line needs "
+                    "the same columns (a token containing a space splits into two)."
                 )
             tag = fields[tag_index]
             if scheme and not check_tag(tag, scheme):
@@ -73,13 +80,18 @@ def read_conll(
                 )
             tokens.append(fields[token_index])
             tags.append(tag)
+            lines.append(number)
     if tokens:
-        sentences.append((tokens, tags))
+        sentences.append((tokens, tags, lines))
     if not sentences:
-        raise LmforgeError(f"{key}={path!r}: the file holds no sentences.")
-    return datasets.Dataset.from_dict(
-        {"tokens": [s[0] for s in sentences], "tags": [s[1] for s in sentences]}
-    )
+        raise LmforgeError(
+            f"{key}={path!r}: the file holds no sentences (only blank or -DOCSTART- lines); "
+            "expected token and tag lines."
+        )
+    columns = {"tokens": [s[0] for s in sentences], "tags": [s[1] for s in sentences]}
+    if with_lines:
+        columns["lines"] = [s[2] for s in sentences]
+    return datasets.Dataset.from_dict(columns)
 
 
 def align_labels(
@@ -140,6 +152,9 @@ class TokenClassificationDataModule(TextDataModule):
         self.conll_token_index = conll_token_index
         self.conll_tag_index = conll_tag_index
         self._inside_of: dict[int, int] = {}
+        # Per split read from CoNLL: each token's line (errors name it); rows dropped as empty.
+        self._token_lines: dict[str, list[list[int]]] = {}
+        self._empty: dict[str, list[int]] = {}
 
     @property
     def label_names(self) -> list[str]:
@@ -159,11 +174,18 @@ class TokenClassificationDataModule(TextDataModule):
     def read_file(self, path: str, key: str) -> datasets.Dataset:
         if Path(path).suffix.lower() in CONLL_SUFFIXES:
             dataset = read_conll(
-                path, key, self.conll_token_index, self.conll_tag_index, self.tag_scheme
+                path,
+                key,
+                self.conll_token_index,
+                self.conll_tag_index,
+                self.tag_scheme,
+                with_lines=True,
             )
             # CoNLL columns are always read as tokens/tags.
             self.token_column, self.tag_column = "tokens", "tags"
-            return dataset
+            split = key.removeprefix("data.").removesuffix("_file")
+            self._token_lines[split] = dataset["lines"]
+            return dataset.remove_columns("lines")
         return load_file(path, key)
 
     def _names_of(self, dataset: datasets.Dataset) -> list[str] | None:
@@ -173,10 +195,75 @@ class TokenClassificationDataModule(TextDataModule):
             return list(inner.names)
         return None
 
-    def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
+    def _where(self, split: str, row: int, position: int = 0) -> str:
+        """Where a sentence (0-based `row` of the split after dropping) is: its file and line
+        for CoNLL, its row number (1-based, as in the file) otherwise."""
+        for dropped in self._empty.get(split, []):
+            row += dropped <= row
+        if lines := self._token_lines.get(split):
+            return f"{self.source_of(split)} line {lines[row][position]}"
+        return f"The {split} split ({self.source_of(split)}), row {row + 1}"
+
+    def check_split(self, split: str, dataset: datasets.Dataset) -> None:
+        """Columns exist; each sentence with words has one tag per word."""
         columns = {"token_column": self.token_column, "tag_column": self.tag_column}
-        for split, dataset in raw.items():
-            require_columns(dataset, columns, split)
+        require_columns(dataset, columns, split, self.source_of(split))
+        self._empty[split] = []  # rows are numbered as read until empty ones are dropped
+        for row, (words, tags) in enumerate(
+            zip(dataset[self.token_column], dataset[self.tag_column], strict=True)
+        ):
+            if words and len(words) != len(tags or []):
+                raise LmforgeError(
+                    f"{self._where(split, row)}: {len(words)} tokens but {len(tags or [])} tags "
+                    f"in columns {self.token_column!r}/{self.tag_column!r}; expected one tag per "
+                    "token."
+                )
+
+    def empty_rows(self, split: str, dataset: datasets.Dataset) -> tuple[list[int], str]:
+        rows = dataset[self.token_column]
+        empty = [i for i, words in enumerate(rows) if not any(str(w).strip() for w in words or [])]
+        self._empty[split] = empty
+        return empty, f"no tokens in column {self.token_column!r}"
+
+    def row_texts(self, dataset: datasets.Dataset) -> list[str]:
+        return [" ".join(map(str, words)) for words in dataset[self.token_column]]
+
+    def label_counts(self, dataset: datasets.Dataset, meta: dict[str, Any]) -> dict[str, int]:
+        """Words per tag."""
+        names = meta["label_names"]
+        counts = [0] * len(names)
+        for row in dataset["word_labels"]:
+            for tag in row:
+                counts[tag] += 1
+        return dict(zip(names, counts, strict=True))
+
+    def _check_tags(self, split: str, rows: list[list[str]], index: dict[str, int]) -> None:
+        """Every tag belongs to the scheme and to the known tags; errors say where."""
+        prefixes = ", ".join(f"{p}-<type>" for p in SCHEME_PREFIXES[self.tag_scheme])
+        for row, tags in enumerate(rows):
+            for position, tag in enumerate(tags):
+                where = f"{self._where(split, row, position)}, word {position + 1}"
+                if not check_tag(tag, self.tag_scheme):
+                    raise LmforgeError(
+                        f"{where}: tag {tag!r} is not a {self.tag_scheme} tag; expected O or "
+                        f"{prefixes} (set data.tag_scheme if the data uses another scheme)."
+                    )
+                if tag not in index:
+                    known = (
+                        "tags of data.label_names"
+                        if self.configured_label_names
+                        else ("training tags")
+                    )
+                    unknown = sorted({t for r in rows for t in r if t not in index})
+                    count = sum(1 for r in rows if any(t not in index for t in r))
+                    raise LmforgeError(
+                        f"{where}: tag {tag!r} is not among the {known} ({', '.join(index)}). "
+                        f"The {split} split has {count} sentence(s) with unknown tags "
+                        f"({', '.join(map(repr, unknown))}); expected only known tags (list "
+                        "every tag in data.label_names, or fix the data)."
+                    )
+
+    def encode_targets(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
         class_names = self._names_of(raw["train"])
         if self.configured_label_names:
             names = self.configured_label_names
@@ -184,8 +271,13 @@ class TokenClassificationDataModule(TextDataModule):
             names = class_names
         else:
             # Every tag of each entity type seen in training, so a multi-word entity that only
-            # validation has (an I- tag) is still known.
-            found = {t[2:] for row in raw["train"][self.tag_column] for t in row if t != "O"}
+            # validation has (an I- tag) is still known. Malformed tags are refused below.
+            found = {
+                t[2:]
+                for row in raw["train"][self.tag_column]
+                for t in row
+                if t != "O" and check_tag(t, self.tag_scheme)
+            }
             prefixes = SCHEME_PREFIXES[self.tag_scheme]
             names = ["O", *(f"{p}-{kind}" for kind in sorted(found) for p in prefixes)]
         index = {name: i for i, name in enumerate(names)}
@@ -195,42 +287,18 @@ class TokenClassificationDataModule(TextDataModule):
             for n, i in index.items()
             if n.startswith("B-") and f"I-{n[2:]}" in index
         }
-        encoded, counts = {}, {}
+        encoded = {}
         for split, dataset in raw.items():
             split_names = self._names_of(dataset)
             rows = dataset[self.tag_column]
             if split_names:
                 rows = [[split_names[t] for t in row] for row in rows]
-            for number, (words, tags) in enumerate(
-                zip(dataset[self.token_column], rows, strict=True), start=1
-            ):
-                if len(words) != len(tags):
-                    raise LmforgeError(
-                        f"The {split} split, sentence {number}: {len(words)} tokens but "
-                        f"{len(tags)} tags in columns {self.token_column!r}/{self.tag_column!r}."
-                    )
-                for tag in tags:
-                    if tag not in index:
-                        raise LmforgeError(
-                            f"The {split} split, sentence {number}: tag {tag!r} is not among "
-                            f"the training tags ({', '.join(names)})."
-                        )
-                    if not check_tag(tag, self.tag_scheme):
-                        raise LmforgeError(
-                            f"The {split} split, sentence {number}: tag {tag!r} is not a "
-                            f"{self.tag_scheme} tag (set data.tag_scheme)."
-                        )
+            self._check_tags(split, rows, index)
             ids = [[index[t] for t in row] for row in rows]
-            entities = sum(1 for row in rows for t in row if t[:1] in ("B", "S"))
-            counts[split] = {"sentences": len(ids), "entities": entities}
             dataset = dataset.remove_columns(self.tag_column)
             encoded[split] = dataset.add_column("word_labels", ids)
-        log.info("Tagged sentences per split: %s", counts)
-        return datasets.DatasetDict(encoded), {
-            "label_names": names,
-            "tag_scheme": self.tag_scheme,
-            "counts": counts,
-        }
+        # Tag counts per split are in the data checks (after carving).
+        return datasets.DatasetDict(encoded), {"label_names": names, "tag_scheme": self.tag_scheme}
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         if not self.tokenizer.is_fast:
