@@ -9,16 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lmforge.config import validate_training_config
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, RunInterrupted
 from lmforge.resources import config_dir
 
 log = logging.getLogger("lmforge")
@@ -29,10 +29,18 @@ def user_errors() -> Iterator[None]:
     """Print an LmforgeError as one paragraph and exit 1 (full trace with HYDRA_FULL_ERROR=1).
 
     Inside a multirun job the error is logged (console and the job's log file) and raised on,
-    so the sweeper records that job as failed and decides what follows.
+    so the sweeper records that job as failed and decides what follows. A run stopped by
+    SIGTERM/Ctrl-C says how to resume it and exits with 128 + the signal number; in a sweep it
+    stops the whole sweep (the sweeper marks the job interrupted).
     """
     try:
         yield
+    except RunInterrupted as err:
+        log.warning("lmforge: %s", err)
+        raise SystemExit(err.exit_code) from err
+    except KeyboardInterrupt:
+        log.warning("lmforge: stopped by Ctrl-C.")
+        raise SystemExit(128 + signal.SIGINT) from None
     except LmforgeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -113,18 +121,18 @@ def run_export(cfg: DictConfig) -> None:
         export(cfg)
 
 
-def _check_resume_argument(argv: list[str]) -> None:
-    """Refuse `resume=<dir>` for a directory that does not exist, before Hydra creates it."""
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key == "resume" and value not in ("", "null") and not Path(value).expanduser().is_dir():
-            with user_errors():
-                raise LmforgeError(f"resume={value!r}: no such run directory.")
+def check_arguments(config_name: str) -> None:
+    """Refuse unknown keys and options, and run directories that must not be written, before
+    Hydra composes the config and creates a run directory (see lmforge.command_line)."""
+    from lmforge.command_line import check_command_line
+
+    with user_errors():
+        check_command_line(config_name, sys.argv[1:])
 
 
 def train_main() -> None:
     """`lmforge-train`: see conf/train.yaml."""
-    _check_resume_argument(sys.argv[1:])
+    check_arguments("train")
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(
         run_training
     )()
@@ -132,6 +140,7 @@ def train_main() -> None:
 
 def eval_main() -> None:
     """`lmforge-eval`: see conf/eval.yaml."""
+    check_arguments("eval")
     hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")(
         run_evaluation
     )()
@@ -139,6 +148,7 @@ def eval_main() -> None:
 
 def predict_main() -> None:
     """`lmforge-predict`: see conf/predict.yaml."""
+    check_arguments("predict")
     hydra.main(config_path=str(config_dir()), config_name="predict", version_base="1.3")(
         run_prediction
     )()
@@ -146,6 +156,7 @@ def predict_main() -> None:
 
 def export_main() -> None:
     """`lmforge-export`: see conf/export.yaml."""
+    check_arguments("export")
     hydra.main(config_path=str(config_dir()), config_name="export", version_base="1.3")(
         run_export
     )()

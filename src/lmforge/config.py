@@ -1,15 +1,31 @@
-"""Checks on a composed config that run before any heavy import or data loading.
+"""Checks on a composed training config, before any data is read or any model is built.
 
-Hydra already refuses unknown keys and unknown group options; these checks catch values that
-compose fine but cannot work, with one message naming every key at fault.
+Two stages, so that a config mistake fails in well under a second:
+
+1. `check_config`: the schema (types, ranges, unknown top-level keys; `lmforge.schema`) and
+   the cross-field rules below. Reads only the config, conf/ and the file system: no torch.
+2. `check_model_fits`: what needs the model's own config.json and tokenizer (position limit,
+   vocabulary size). Loads transformers, but no weights and no data.
+
+`validate_training_config` runs both and raises one LmforgeError naming every key at fault.
 """
 
 from __future__ import annotations
+
+import difflib
+import functools
+import os
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmforge.baselines import BASELINES
 from lmforge.errors import LmforgeError
+from lmforge.resources import config_dir
+from lmforge.rundir import check_run_dir_is_free
+from lmforge.schema import schema_problems
+from lmforge.task_families import TASK_FAMILIES, class_name, family_of_module
 
 PRECISIONS = {
     "32-true",
@@ -25,46 +41,55 @@ PRECISIONS = {
     "16",
 }
 
-
-def _select(cfg: DictConfig, key: str):
-    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-
-
-def _positive(cfg: DictConfig, key: str, problems: list[str], allow_none: bool = True) -> None:
-    value = _select(cfg, key)
-    if value is None:
-        if not allow_none:
-            problems.append(f"{key} must be set.")
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        problems.append(f"{key} must be a number above 0, got {value!r}.")
+# What a local model folder must hold for from_pretrained: the config and one weights format.
+MODEL_CONFIG_FILE = "config.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# Architectures whose learned positions start after the padding index, so max_position_embeddings
+# counts pad_token_id + 1 slots that no token can use (RoBERTa: 514 -> 512 tokens).
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod"}
 
 
 def validate_training_config(cfg: DictConfig) -> None:
     """Raise one LmforgeError listing every impossible value of a training config."""
-    problems: list[str] = []
-    for key in ("optimizer.lr", "data.batch_size", "data.eval_batch_size"):
-        _positive(cfg, key, problems, allow_none=False)
-    for key in (
-        "data.max_length",  # not every task has it: language modelling uses block_size
-        "data.block_size",
-        "data.max_train_samples",
-        "data.max_eval_samples",
-        "data.max_test_samples",
-    ):
-        _positive(cfg, key, problems)
-    weight_decay = _select(cfg, "optimizer.weight_decay")
-    if weight_decay is not None and weight_decay < 0:
-        problems.append(f"optimizer.weight_decay must be 0 or more, got {weight_decay!r}.")
+    check_config(cfg)
+    check_model_fits(cfg)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The fast stage: schema and cross-field rules, on the config alone."""
+    problems = schema_problems(cfg)
+    if not problems:
+        # Cross-field rules assume each value has the right type.
+        for rule in (
+            _check_trainer,
+            _check_model_source,
+            _check_finetune_keys,
+            _check_task_parts,
+            _check_monitored_metrics,
+            _check_compare,
+        ):
+            rule(cfg, problems)
+    if problems:
+        raise LmforgeError("Invalid config: " + " ".join(problems))
+    _check_run_dir(cfg)
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+
+def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
     max_epochs = _select(cfg, "trainer.max_epochs")
     max_steps = _select(cfg, "trainer.max_steps")
     if not (max_steps and max_steps > 0) and (max_epochs is None or max_epochs <= 0):
         problems.append(
             f"trainer.max_epochs must be at least 1 (or set trainer.max_steps), got {max_epochs!r}."
         )
-    accumulate = _select(cfg, "trainer.accumulate_grad_batches")
-    if accumulate is not None and (not isinstance(accumulate, int) or accumulate < 1):
-        problems.append(f"trainer.accumulate_grad_batches must be 1 or more, got {accumulate!r}.")
     precision = _select(cfg, "trainer.precision")
     if precision is not None and str(precision) not in PRECISIONS:
         problems.append(
@@ -75,38 +100,275 @@ def validate_training_config(cfg: DictConfig) -> None:
     devices = _select(cfg, "trainer.devices")
     if isinstance(strategy, DictConfig) and isinstance(devices, int) and devices < 2:
         problems.append(
-            f"trainer.strategy is {strategy.get('_target_', strategy)} (distributed) but "
-            f"trainer.devices={devices}; use 2 or more devices, or trainer=cpu / trainer=gpu."
+            f"trainer.strategy is {strategy.get('_target_', strategy)} (distributed: "
+            f"trainer=ddp, ddp_sim, ddp_slurm or fsdp) but trainer.devices={devices}; use 2 or "
+            "more devices, or trainer=cpu / trainer=gpu for one."
         )
-    warmup = _select(cfg, "scheduler.warmup_ratio")
-    if warmup is not None and not 0 <= warmup < 1:
-        problems.append(f"scheduler.warmup_ratio must be in [0, 1), got {warmup!r}.")
-    for key in ("data.validation_ratio", "data.test_ratio"):
-        value = _select(cfg, key)
-        if value is not None and not 0 < value < 1:
-            problems.append(f"{key} must be in (0, 1), got {value!r}.")
-    mode = _select(cfg, "optimized_mode")
-    if mode not in ("min", "max"):
-        problems.append(f"optimized_mode must be 'min' or 'max', got {mode!r}.")
-    if not _select(cfg, "model.pretrained") and not _select(cfg, "model.from_config"):
+
+
+def _check_model_source(cfg: DictConfig, problems: list[str]) -> None:
+    pretrained = _select(cfg, "model.pretrained")
+    if not pretrained and not _select(cfg, "model.from_config"):
         problems.append(
             "model.pretrained must name a hub model or a local model folder (or set "
             "model.from_config to train from scratch)."
         )
-    _check_compare(cfg, problems)
-    if problems:
-        raise LmforgeError("Invalid config: " + " ".join(problems))
+    elif not _select(cfg, "model.from_config") and (
+        problem := model_folder_problem("model.pretrained", str(pretrained))
+    ):
+        problems.append(problem)
+    init_from = _select(cfg, "model.init_from")
+    if init_from and not Path(str(init_from)).expanduser().is_file():
+        problems.append(
+            f"model.init_from={str(init_from)!r}: no such checkpoint file (expected the .ckpt of "
+            "an earlier run, e.g. outputs/train/runs/<time>/checkpoints/best.ckpt)."
+        )
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id (`org/name`)."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
+def model_folder_problem(key: str, name: str) -> str | None:
+    """Why `name` is not a local model folder, or None (also for hub names)."""
+    if not looks_like_path(name):
+        return None
+    folder = Path(name).expanduser()
+    holds = (
+        "a model folder holds config.json, the weights (model.safetensors or pytorch_model.bin) "
+        "and usually the tokenizer files (tokenizer.json, tokenizer_config.json)"
+    )
+    if not folder.exists():
+        return f"{key}={name!r}: no such folder; {holds}."
+    if not folder.is_dir():
+        return f"{key}={name!r} is a file, not a model folder; {holds}."
+    if not (folder / MODEL_CONFIG_FILE).is_file():
+        found = sorted(p.name for p in folder.iterdir())[:6]
+        listing = ", ".join(found) if found else "nothing"
+        return f"{key}={name!r} is not a model folder: it holds {listing}; {holds}."
+    if not any((folder / weights).is_file() for weights in WEIGHT_FILES):
+        return f"{key}={name!r} holds config.json but no weights; {holds}."
+    return None
+
+
+@functools.cache
+def group_options(group: str) -> dict[str, dict[str, Any]]:
+    """Every option of a config group as conf/ composes it on its own (defaults followed).
+
+    Reads the YAML files only: which keys each option sets, and its `_target_`. Options that
+    extend no other come first (lora before dora), as messages suggest the first.
+    """
+    folder = config_dir() / group
+    extends: dict[str, bool] = {}
+
+    def compose(option: str) -> dict[str, Any]:
+        node = OmegaConf.load(folder / f"{option}.yaml")
+        merged: dict[str, Any] = {}
+        for entry in node.get("defaults", []) or []:
+            # Same-group defaults only (finetune/dora.yaml extends lora); _self_ comes last.
+            if isinstance(entry, str) and (folder / f"{entry}.yaml").is_file():
+                merged.update(compose(entry))
+                extends[option] = True
+        own = OmegaConf.to_container(node, resolve=False)
+        merged.update({k: v for k, v in own.items() if k != "defaults"})
+        return merged
+
+    options = {path.stem: compose(path.stem) for path in sorted(folder.glob("*.yaml"))}
+    return dict(sorted(options.items(), key=lambda item: extends.get(item[0], False)))
+
+
+def chosen_options(group: str, node: DictConfig | None) -> list[str]:
+    """The option(s) of `group` a composed node came from: Hydra's record in a Hydra run,
+    else the options that build the same `_target_`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return [str(choice)]
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return [name for name, keys in group_options(group).items() if keys.get("_target_") == target]
+
+
+def _check_finetune_keys(cfg: DictConfig, problems: list[str]) -> None:
+    """A key added to finetune (+finetune.r=8) that the chosen strategy does not take."""
+    node = cfg.get("finetune")
+    if not isinstance(node, DictConfig):
+        return
+    options = group_options("finetune")
+    current = chosen_options("finetune", node)
+    accepted = set().union(*(options[o].keys() for o in current)) if current else None
+    if accepted is None:
+        return  # a strategy class of the user's own: its own arguments decide
+    given = OmegaConf.to_container(node, resolve=False)
+    for key, value in given.items():
+        if key in accepted:
+            continue
+        owners = [o for o, keys in options.items() if key in keys]
+        uses = f"the run uses finetune={'/'.join(current)}"
+        if owners:
+            problems.append(
+                f"finetune.{key} applies to finetune={'/'.join(owners)}; {uses}. Choose one of "
+                f"those (finetune={owners[0]} finetune.{key}={value}) or leave finetune.{key} out."
+            )
+        else:
+            settings = sorted(k for k in accepted if not k.startswith("_"))
+            close = difflib.get_close_matches(str(key), settings, n=1)
+            hint = f" Did you mean finetune.{close[0]}?" if close else ""
+            problems.append(
+                f"finetune.{key} is not a setting of any finetune option; {uses}, whose settings "
+                f"are: {', '.join(settings) or 'none'}.{hint}"
+            )
+
+
+def _options_building(group: str, class_of_target: str) -> str:
+    names = [
+        name
+        for name, keys in group_options(group).items()
+        if class_name(keys.get("_target_", "")) == class_of_target
+    ]
+    return ", ".join(f"{group}={n}" for n in names) or f"a {group} config of {class_of_target}"
+
+
+def _check_task_parts(cfg: DictConfig, problems: list[str]) -> None:
+    """The model's task family and the data's datamodule must belong together."""
+    family = family_of_module(_select(cfg, "model._target_"))
+    data_class = class_name(_select(cfg, "data._target_") or "")
+    known = {f.datamodule for f in TASK_FAMILIES.values()}
+    if family is None or data_class not in known or data_class == family.datamodule:
+        return
+    problems.append(
+        f"model._target_ trains {family.task} ({family.module}), which reads "
+        f"{family.datamodule} data ({_options_building('data', family.datamodule)}), but "
+        f"data._target_ builds {data_class}. Pick a matching model and data, or an "
+        "experiment (experiment=debian_ner_minilm, ...) that sets both."
+    )
+
+
+def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
+    """The optimized metric and any monitored key must be one the task logs during training."""
+    family = family_of_module(_select(cfg, "model._target_"))
+    if family is None:
+        return
+    flags = {"model.multi_label": bool(_select(cfg, "model.multi_label"))}
+    logged = ", ".join(family.monitorable(flags))
+    optimized = _select(cfg, "optimized_metric")
+    watched = [("optimized_metric", optimized)]
+    callbacks = cfg.get("callbacks")
+    if isinstance(callbacks, DictConfig):
+        for name in callbacks:
+            entry = callbacks.get(name)
+            monitor = entry.get("monitor") if isinstance(entry, DictConfig) else None
+            if monitor is not None and monitor != optimized:
+                watched.append((f"callbacks.{name}.monitor", monitor))
+    for key, metric in watched:
+        if not family.logs(str(metric), flags):
+            problems.append(
+                f"{key}={metric!r} is not a metric the {family.task} task logs during "
+                f"training, so no checkpoint or early stop could follow it; it logs {logged} "
+                "(<...>: one per label or entity type)."
+            )
 
 
 def _check_compare(cfg: DictConfig, problems: list[str]) -> None:
     baselines = _select(cfg, "compare.baselines")
     known = ", ".join(BASELINES)
-    if not isinstance(baselines, ListConfig | list):
-        problems.append(f"compare.baselines must be a list (some of {known}), got {baselines!r}.")
-    elif unknown := [str(b) for b in baselines if b not in BASELINES]:
+    if isinstance(baselines, ListConfig | list) and (
+        unknown := [str(b) for b in baselines if b not in BASELINES]
+    ):
         problems.append(
             f"compare.baselines: unknown {', '.join(unknown)}; expected some of {known}."
         )
-    flipped = _select(cfg, "compare.max_flipped")
-    if isinstance(flipped, bool) or not isinstance(flipped, int) or flipped < 0:
-        problems.append(f"compare.max_flipped must be a whole number, 0 or more, got {flipped!r}.")
+
+
+def _check_run_dir(cfg: DictConfig) -> None:
+    """A new run never writes into a directory that holds another run (resume continues one)."""
+    if cfg.get("resume") or process_rank() > 0:
+        # Processes other than rank 0 join the run directory rank 0 started.
+        return
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+    if output_dir:
+        check_run_dir_is_free(Path(str(output_dir)), "paths.output_dir")
+
+
+def process_rank() -> int:
+    """This process's rank in a multi-process run (0 in a single-process one)."""
+    ranks = (os.environ.get(v, "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    return max(int(r) if r.isdigit() else 0 for r in ranks)
+
+
+# ----- stage 2: the model's own config and tokenizer ------------------------------------------
+
+
+def check_model_fits(cfg: DictConfig) -> None:
+    """Refuse sequence lengths beyond the model's positions and tokenizers with ids beyond its
+    embeddings, reading config.json and the tokenizer only (no weights, no data)."""
+    problems: list[str] = []
+    model = cfg.model
+    from_config = _select(cfg, "model.from_config")
+    overrides = _plain_dict(model.get("config_overrides"))
+    if from_config:
+        fields = {**_plain_dict(from_config), **overrides}
+        source = "model.from_config"
+        vocab_size = None  # taken from the tokenizer when the model is built
+    else:
+        fields = {**_pretrained_config(str(model.pretrained)), **overrides}
+        source = f"model.pretrained={str(model.pretrained)!r}"
+        vocab_size = fields.get("vocab_size")
+    _check_positions(cfg, fields, source, problems)
+    tokenizer_name = _select(cfg, "model.tokenizer") or _select(cfg, "model.pretrained")
+    if vocab_size and tokenizer_name:
+        size = _tokenizer_size(str(tokenizer_name))
+        if size > vocab_size:
+            problems.append(
+                f"model.tokenizer={str(tokenizer_name)!r} has {size} tokens but {source} embeds "
+                f"only {vocab_size}: token ids above {vocab_size - 1} would index past the "
+                "embeddings. Use the model's own tokenizer (leave model.tokenizer at its default) "
+                "or a model trained with this tokenizer."
+            )
+    if problems:
+        raise LmforgeError("Invalid config: " + " ".join(problems))
+
+
+def _plain_dict(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+
+
+def _check_positions(
+    cfg: DictConfig, fields: dict[str, Any], source: str, problems: list[str]
+) -> None:
+    limit = fields.get("max_position_embeddings") or fields.get("n_positions")
+    if not isinstance(limit, int):
+        return  # relative or rotary positions: no fixed limit
+    if fields.get("model_type") in OFFSET_POSITIONS:
+        limit -= int(fields.get("pad_token_id") or 0) + 1
+    for key in ("data.max_length", "data.block_size"):
+        length = _select(cfg, key)
+        if length is not None and length > limit:
+            problems.append(
+                f"{key}={length} is longer than the {limit} positions of {source}; expected "
+                f"{limit} or less."
+            )
+
+
+@functools.cache
+def _pretrained_config(name: str) -> dict[str, Any]:
+    """config.json of a hub model or local folder (no weights), as a dict."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name).to_dict()
+    except Exception as err:
+        raise LmforgeError(
+            f"model.pretrained={name!r} is not a model this run can load (expected a hub name "
+            f"or a folder with config.json and weights): {err}"
+        ) from err
+
+
+@functools.cache
+def _tokenizer_size(name: str) -> int:
+    """Number of token ids the tokenizer can produce (its vocabulary and added tokens)."""
+    from lmforge.data.datamodule import load_tokenizer
+
+    return len(load_tokenizer(name))

@@ -10,12 +10,19 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, METRICS_FILE, TOKENIZER_DIR, record_config, write_json
+from lmforge.rundir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    TOKENIZER_DIR,
+    check_checkpoint_run,
+    record_config,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={cfg.ckpt_path!r}: its run directory {source} holds no {CONFIG_FILE}; "
             "lmforge-eval needs the run directory a checkpoint was saved in."
         )
+    check_checkpoint_run(cfg.ckpt_path, module.task_name, source)
+    if cfg.test_file:
+        _check_test_file(str(cfg.test_file), module.task_name, source)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_config(run_dir, cfg)
@@ -48,8 +58,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.batch_size:
         data_cfg.eval_batch_size = cfg.batch_size
     datamodule = instantiate(data_cfg)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("test")
+    except LmforgeError as err:
+        if not cfg.test_file:
+            raise
+        # The data settings are the run's, not the user's: say where they come from.
+        raise LmforgeError(
+            f"test_file={str(cfg.test_file)!r} does not fit the checkpoint's "
+            f"{module.task_name} run (its data settings come from {source / CONFIG_FILE}): {err}"
+        ) from err
 
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, datamodule=datamodule, verbose=False)
@@ -67,3 +86,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     log.info("Test metrics: %s", json.dumps(metrics))
     return metrics
+
+
+def _check_test_file(test_file: str, task: str, source: Path) -> None:
+    """A test file in a format the checkpoint's task does not read is data of another task
+    (CoNLL for a classifier): say so before anything is read or written."""
+    reader = get_class(OmegaConf.load(source / CONFIG_FILE).data._target_)
+    suffix = Path(test_file).suffix.lower()
+    supported = getattr(reader, "supported_suffixes", None)
+    if supported is not None and suffix not in supported:
+        raise LmforgeError(
+            f"test_file={test_file!r} is a {suffix or 'suffix-less'} file, which the checkpoint's "
+            f"task ({task}, read by {reader.__name__}) does not read; expected one of "
+            f"{', '.join(supported)}, with the run's columns. Is it data of "
+            "another task?"
+        )

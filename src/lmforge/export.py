@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from lmforge import __version__
 from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, write_json, write_new
+from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, check_checkpoint_run, write_json, write_new
 from lmforge.tasks import TASKS, TaskModule
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def export(cfg: DictConfig) -> Path:
     fmt = _check_options(cfg)
     out = _output_dir(cfg)
     module = load_task_module(cfg.ckpt_path).eval()
+    check_checkpoint_run(cfg.ckpt_path, module.task_name, run_dir_of(cfg.ckpt_path))
     data_cfg = _run_data_config(cfg, run_dir_of(cfg.ckpt_path))
     model = module.export_model().eval()  # a copy with any adapter merged
     tokenizer, input_names = _export_tokenizer(module.task_name, model, data_cfg.tokenizer)

@@ -29,7 +29,7 @@ from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.data.datamodule import load_tokenizer_for_batching
 from lmforge.data.sources import FORMATS, check_file, load_file
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, record_config
+from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, check_checkpoint_run, record_config
 from lmforge.tasks import TASKS
 from lmforge.tasks.token_classification import entity_spans, tag_sentences
 
@@ -301,6 +301,7 @@ def load_from_checkpoint(ckpt_path: str) -> LoadedModel:
                 "lmforge-predict needs the run directory a checkpoint was saved in (or export "
                 "the model and use model_dir=)."
             )
+    check_checkpoint_run(ckpt_path, module.task_name, source)
     data = OmegaConf.load(source / CONFIG_FILE).data
     # Classification and LM data name a text column; NER data a column of words.
     text_column = OmegaConf.select(data, "text_column") or OmegaConf.select(data, "token_column")

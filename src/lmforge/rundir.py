@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
+from lmforge.task_families import family_of_module
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +53,72 @@ def write_json(run_dir: Path, name: str, payload: Any) -> Path:
     return path
 
 
-def prepare_resume(cfg: DictConfig, extra_overrides: list[str]) -> tuple[DictConfig, str]:
-    """Check that `cfg.resume` names an interrupted run; return its config and last checkpoint."""
-    run_dir = Path(str(cfg.resume)).expanduser().resolve()
+def check_run_dir_is_free(path: Path, key: str) -> None:
+    """Refuse a directory that holds another run's record: a new run never writes into it.
+
+    A run's own Hydra record (`.hydra/`) may already be there: Hydra writes it before the run
+    starts. Resuming a run goes through `resume=<dir>` instead.
+    """
+    if (path / METRICS_FILE).is_file():
+        found = f"a finished run ({METRICS_FILE} is written)"
+    elif (path / CONFIG_FILE).is_file():
+        found = f"another run ({CONFIG_FILE}; continue it with resume={path})"
+    else:
+        return
+    raise LmforgeError(
+        f"{key}={str(path)!r} already holds {found}; lmforge never overwrites a run's files. "
+        "Leave the directory out (each run gets a new one under outputs/<task>/runs/) or name a "
+        "new or empty folder."
+    )
+
+
+def check_resumable(resume: str) -> tuple[Path, Path]:
+    """The run directory and last checkpoint of `resume=<dir>`, if that run can continue."""
+    run_dir = Path(str(resume)).expanduser().resolve()
     if not run_dir.is_dir():
-        raise LmforgeError(f"resume={cfg.resume!r}: no such run directory.")
+        raise LmforgeError(
+            f"resume={resume!r}: no such run directory (expected outputs/<task>/runs/<time>)."
+        )
     if not (run_dir / CONFIG_FILE).is_file():
         raise LmforgeError(
-            f"resume={cfg.resume!r}: {run_dir} holds no {CONFIG_FILE}, so it is not an lmforge "
+            f"resume={resume!r}: {run_dir} holds no {CONFIG_FILE}, so it is not an lmforge "
             "run directory (expected outputs/<task>/runs/<time>)."
         )
     if (run_dir / METRICS_FILE).is_file():
         raise LmforgeError(
-            f"resume={cfg.resume!r}: that run finished ({METRICS_FILE} is written); there is "
+            f"resume={resume!r}: that run finished ({METRICS_FILE} is written); there is "
             "nothing to resume. Start a new run, or evaluate it with "
             f"lmforge-eval ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}."
         )
     checkpoint = run_dir / LAST_CHECKPOINT
     if not checkpoint.is_file():
         raise LmforgeError(
-            f"resume={cfg.resume!r}: the run saved no checkpoint yet ({checkpoint} is missing), "
+            f"resume={resume!r}: the run saved no checkpoint yet ({checkpoint} is missing), "
             "so it cannot be resumed; start it again."
         )
+    return run_dir, checkpoint
+
+
+def check_checkpoint_run(ckpt_path: str, task: str, run_dir: Path) -> None:
+    """A checkpoint must sit in the run directory of its own task: evaluation, prediction and
+    export take the data settings, tokenizer and columns from there."""
+    config = run_dir / CONFIG_FILE
+    if not config.is_file():
+        return  # each command names the missing config.yaml in its own words
+    target = OmegaConf.select(OmegaConf.load(config), "model._target_", default=None)
+    family = family_of_module(target)
+    if family is not None and family.task != task:
+        raise LmforgeError(
+            f"ckpt_path={str(ckpt_path)!r} holds a {task} model, but its run directory's "
+            f"{config} is a {family.task} run (model._target_={target}); the checkpoint was "
+            f"moved from another run. Give the checkpoint inside its own run directory "
+            "(<run dir>/checkpoints/best.ckpt)."
+        )
+
+
+def prepare_resume(cfg: DictConfig, extra_overrides: list[str]) -> tuple[DictConfig, str]:
+    """Check that `cfg.resume` names an interrupted run; return its config and last checkpoint."""
+    run_dir, checkpoint = check_resumable(str(cfg.resume))
     if extra_overrides:
         raise LmforgeError(
             f"resume={cfg.resume!r} continues the run with its saved config, but other "
