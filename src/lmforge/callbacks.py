@@ -1,14 +1,28 @@
-"""Callbacks that every lmforge run gets: exact resumption and throughput measurement."""
+"""Callbacks that every lmforge run gets: exact resumption, a graceful stop on SIGTERM/Ctrl-C,
+a guard against non-finite losses, and throughput measurement."""
 
 from __future__ import annotations
 
+import logging
 import random
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(LmforgeError):
+    """The training loss became NaN or infinite."""
 
 
 class RandomState(pl.Callback):
@@ -85,3 +99,80 @@ def peak_memory() -> dict[str, float | None]:
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return {"rss_megabytes": round(rss_kib / 1024, 1), "cuda_megabytes": cuda}
+
+
+class GracefulStop(pl.Callback):
+    """SIGTERM or Ctrl-C during fit: finish the current batch, save a resumable checkpoint, stop.
+
+    Lightning already turns SIGTERM into a stop at the next batch boundary (its signal
+    connector); this callback makes the first Ctrl-C do the same (a second one stops at once)
+    and saves the state at that boundary to `checkpoint_path`, which `resume=<run dir>`
+    continues from, mid-epoch included (see `ResumableDataLoader`).
+    """
+
+    def __init__(self, checkpoint_path: str | Path) -> None:
+        self.checkpoint_path = Path(checkpoint_path)
+        self.signal_number: int | None = None
+        self.saved: dict[str, int] | None = None
+        self._previous_handler: Any = None
+        self._trainer: pl.Trainer | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
+        # Signal handlers can only be set from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        if self.signal_number is not None or self._trainer is None:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        log.warning(
+            "Ctrl-C: stopping after this batch and saving a checkpoint to resume from "
+            "(press Ctrl-C again to stop at once, without one)."
+        )
+        # The flag Lightning's own SIGTERM handler sets: the loops stop at the next boundary.
+        self._trainer._signal_connector.received_sigterm = True
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handler()
+        if not isinstance(exception, SIGTERMException):
+            return
+        if self.signal_number is None:
+            self.signal_number = signal.SIGTERM
+        trainer.save_checkpoint(self.checkpoint_path)
+        self.saved = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+
+class FiniteLoss(pl.Callback):
+    """Stops training at the first NaN or infinite loss, before it reaches the weights.
+
+    Checked before backward, so the step that produced it never updates the model and the
+    checkpoints already written (`last.ckpt`, `best.ckpt`) stay the last good ones.
+    """
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if bool(torch.isfinite(loss).all()):
+            return
+        epoch_loop = trainer.fit_loop.epoch_loop
+        raise NonFiniteLoss(
+            f"The training loss became {loss.detach().float().item()} at epoch "
+            f"{trainer.current_epoch}, optimizer step {trainer.global_step}, batch "
+            f"{epoch_loop.batch_idx} of the epoch; training stopped before that step changed "
+            "the weights, and the checkpoints written so far were kept (checkpoints/last.ckpt "
+            "is the last good state). Usual causes: a learning rate too high for this model "
+            "(lower optimizer.lr or raise scheduler.warmup_ratio), float16 overflow "
+            "(trainer.precision=bf16-mixed or 32-true), or labels outside the model's range."
+        )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmforge.errors import LmforgeError
 from lmforge.strategies import strategy_from_record
@@ -68,3 +70,37 @@ def load_task_module(path: str | Path, expected_task: str | None = None) -> Task
 def run_dir_of(ckpt_path: str | Path) -> Path:
     """The run directory holding a checkpoint (`<run dir>/checkpoints/<name>.ckpt`)."""
     return Path(ckpt_path).expanduser().resolve().parent.parent
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it.
+
+    A crash or a kill mid-write leaves the previous `last.ckpt` intact: the rename is atomic on
+    one filesystem. Lightning's own save goes through fsspec, whose local transactions write the
+    temporary file in the system temp dir and move it across filesystems (a copy, not atomic).
+    Remote paths (`s3://...`) keep Lightning's route.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def use_atomic_checkpoints(strategy: Any) -> None:
+    """Make a strategy that saves through plain torch.save write atomically."""
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()

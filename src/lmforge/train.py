@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,18 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.baselines import run_baselines
-from lmforge.callbacks import RandomState, TrainThroughput, peak_memory
-from lmforge.checkpoints import read_checkpoint
+from lmforge.callbacks import (
+    FiniteLoss,
+    GracefulStop,
+    RandomState,
+    TrainThroughput,
+    peak_memory,
+)
+from lmforge.checkpoints import read_checkpoint, use_atomic_checkpoints
 from lmforge.comparison import (
     before_summary,
     build_comparison,
@@ -31,12 +39,15 @@ from lmforge.comparison import (
     write_test_predictions,
 )
 from lmforge.config import validate_training_config
-from lmforge.data import TextDataModule
+from lmforge.data import TextDataModule, prepare_datamodule
+from lmforge.errors import RunInterrupted
 from lmforge.loggers import publish_run_results
 from lmforge.report import plot_run_curves
+from lmforge.reproducibility import record_reproducibility
 from lmforge.rundir import (
     BEFORE_FILE,
     LABELS_FILE,
+    LAST_CHECKPOINT,
     METRICS_FILE,
     TOKENIZER_DIR,
     record_config,
@@ -63,34 +74,35 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = _prepare_data(cfg)
+    datamodule = prepare_datamodule(cfg.data)
     module = _build_module(cfg, datamodule)
     throughput = TrainThroughput()
-    trainer = _build_trainer(cfg, [RandomState(), throughput, *callbacks])
+    stop = GracefulStop(run_dir / LAST_CHECKPOINT)
+    trainer = _build_trainer(cfg, [RandomState(), throughput, stop, FiniteLoss(), *callbacks])
     _record_start(cfg, run_dir, datamodule)
 
-    resumed = _resume_point(ckpt_path)
+    resumed = _resume_point(ckpt_path, datamodule)
     before = _evaluate_before(cfg, run_dir, module, datamodule) if cfg.evaluate_before else None
     # Before fit: the frozen probe reads the backbone the run starts from.
     device = trainer.strategy.root_device
     baselines = run_baselines(cfg.compare.baselines, module, datamodule, device)
     samples_per_second = None
     progress = {"epochs_completed": 0, "global_step": 0}
-    if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if trainer.interrupted:
-            log.warning("Training was interrupted. Continue it with: resume=%s", run_dir)
-            return None
-        # Spawned DDP workers measured it in their own processes and logged it back.
-        logged = trainer.callback_metrics
-        samples_per_second = throughput.samples_per_second or _scalar(
-            logged.get("train/samples_per_sec")
-        )
-        progress = {
-            "epochs_completed": trainer.current_epoch or int(logged.get("progress/epochs", 0)),
-            "global_step": trainer.global_step or int(logged.get("progress/global_step", 0)),
-        }
-    after = _test(cfg, trainer, module, datamodule) if cfg.test else {}
+    try:
+        if cfg.train:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            # Spawned DDP workers measured it in their own processes and logged it back.
+            logged = trainer.callback_metrics
+            samples_per_second = throughput.samples_per_second or _scalar(
+                logged.get("train/samples_per_sec")
+            )
+            progress = {
+                "epochs_completed": trainer.current_epoch or int(logged.get("progress/epochs", 0)),
+                "global_step": trainer.global_step or int(logged.get("progress/global_step", 0)),
+            }
+        after = _test(cfg, trainer, module, datamodule) if cfg.test else {}
+    except SIGTERMException as err:
+        raise _stopped(stop, run_dir) from err
 
     best = _best_validation(cfg, trainer)
     # One prediction pass over test serves the confusion matrix, the flipped examples and
@@ -123,6 +135,7 @@ def train(
         "finetune": module.finetune.describe(),
         "data": {split: len(ds) for split, ds in datamodule.splits.items()},
         "tokenization_cache_hit": datamodule.cache_hit,
+        "data_checks": datamodule.data_report,
         "resumed_from": resumed,
     }
     path = write_json(run_dir, METRICS_FILE, metrics)
@@ -134,13 +147,6 @@ def train(
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return best["value"] if best else None
-
-
-def _prepare_data(cfg: DictConfig) -> TextDataModule:
-    datamodule: TextDataModule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
 
 
 def _build_module(cfg: DictConfig, datamodule: TextDataModule) -> TaskModule:
@@ -180,6 +186,7 @@ def _build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Tr
         # The lr monitor writes to loggers only; with logger=none Lightning would refuse to start.
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    use_atomic_checkpoints(trainer.strategy)
     if loggers:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -188,6 +195,7 @@ def _build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Tr
 
 def _record_start(cfg: DictConfig, run_dir: Path, datamodule: TextDataModule) -> None:
     record_config(run_dir, cfg)
+    record_reproducibility(run_dir, cfg, datamodule.data_fingerprints)
     if not (run_dir / TOKENIZER_DIR).exists():
         datamodule.tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
     if hasattr(datamodule, "label_names") and not (run_dir / LABELS_FILE).exists():
@@ -195,8 +203,21 @@ def _record_start(cfg: DictConfig, run_dir: Path, datamodule: TextDataModule) ->
         write_json(run_dir, LABELS_FILE, {"id2label": dict(enumerate(names))})
 
 
-def _resume_point(ckpt_path: str | None) -> dict[str, Any] | None:
-    """Where a resumed run starts: the checkpoint's epoch and optimizer step."""
+def _stopped(stop: GracefulStop, run_dir: Path) -> RunInterrupted:
+    """The error a run stopped by SIGTERM/Ctrl-C ends with: where it stopped, how to go on."""
+    where = stop.saved or {}
+    return RunInterrupted(
+        f"stopped by {signal.Signals(stop.signal_number or signal.SIGTERM).name} at epoch "
+        f"{where.get('epoch', '?')}, optimizer step {where.get('global_step', '?')}; the state "
+        f"is saved in {stop.checkpoint_path}. Continue the run with: "
+        f"lmforge-train resume={run_dir}",
+        signal_number=stop.signal_number or signal.SIGTERM,
+    )
+
+
+def _resume_point(ckpt_path: str | None, datamodule: TextDataModule) -> dict[str, Any] | None:
+    """Where a resumed run starts: the checkpoint's epoch and optimizer step; a checkpoint
+    saved mid-epoch also tells the datamodule which training batches that epoch has done."""
     if not ckpt_path:
         return None
     checkpoint = read_checkpoint(ckpt_path)
@@ -205,6 +226,13 @@ def _resume_point(ckpt_path: str | None) -> dict[str, Any] | None:
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
     }
+    # Read here rather than left to Lightning, which skips handing it back to the loader when
+    # the loader was built early (for estimated_stepping_batches, as the lr schedule needs).
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    loaders = fit_loop.get("state_dict", {}).get("combined_loader") or []
+    if loaders:
+        datamodule.resume_point = (loaders[0]["epoch"], loaders[0]["batches_done"])
+        point["batches_done_in_epoch"] = loaders[0]["batches_done"]
     log.info("Resuming at epoch %s, step %s", point["epoch"], point["global_step"])
     return point
 
