@@ -18,12 +18,12 @@ train: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m lmforge $(ARGS)
 
 lint:
-	ruff format --check src tests scripts
-	ruff check src tests scripts
+	ruff format --check src tests scripts benchmarks
+	ruff check src tests scripts benchmarks
 
 format:
-	ruff format src tests scripts
-	ruff check --fix src tests scripts
+	ruff format src tests scripts benchmarks
+	ruff check --fix src tests scripts benchmarks
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
