@@ -295,3 +295,14 @@ def test_files_and_a_hub_name_together_are_refused(tmp_path, tiny_model, tiny_da
         tmp_path, tiny_model, dataset_name="imdb", train_file=str(tiny_data / "train.csv")
     )
     assert "choose one source" in message
+
+
+def test_the_seed_keys_the_cache_only_when_splits_are_carved(tmp_path, tiny_model, tiny_data):
+    files = {f"{s}_file": str(tiny_data / f"{s}.csv") for s in ("train", "validation", "test")}
+    assert build(tmp_path, tiny_model, seed=1, **files).cache_hit is False
+    # All three splits given: another seed changes nothing tokenized.
+    assert build(tmp_path, tiny_model, seed=2, **files).cache_hit is True
+    # Carved splits depend on the seed.
+    only_train = {"train_file": files["train_file"]}
+    assert build(tmp_path, tiny_model, seed=1, **only_train).cache_hit is False
+    assert build(tmp_path, tiny_model, seed=2, **only_train).cache_hit is False

@@ -71,6 +71,8 @@ def test_run_dir_holds_everything_a_run_needs(finished_run):
     assert metrics["train_samples_per_second"] > 0 and metrics["wall_time_seconds"] > 0
     assert metrics["data"] == {"train": 96, "validation": 30, "test": 30}
     assert metrics["epochs_completed"] == 3 and metrics["resumed_from"] is None
+    # A fresh cache dir: this run tokenized (Lightning's second prepare_data call hits the cache).
+    assert metrics["tokenization_cache_hit"] is False
     assert metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
     labels = json.loads((run_dir / "labels.json").read_text())
     assert labels["id2label"] == {"0": "cooking", "1": "music", "2": "sports"}
@@ -239,3 +241,35 @@ def test_all_loggers_together_offline(make_cfg, tmp_path, monkeypatch):
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert list(run_dir.rglob("*.wandb"))
+
+
+class RecordOptimizerStep(pl.Callback):
+    """Records whether the optimizer steps fused and the gradient norm it steps with."""
+
+    def __init__(self) -> None:
+        self.fused, self.norms = [], []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.fused.append(bool(optimizer.defaults.get("fused")))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            self.norms.append(
+                float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            )
+
+
+def test_bf16_mixed_on_cpu_keeps_the_fused_optimizer_and_clips(make_cfg):
+    record = RecordOptimizerStep()
+    cfg = make_cfg(
+        "trainer.precision=bf16-mixed",
+        "trainer.gradient_clip_val=0.05",
+        "trainer.max_epochs=1",
+        "evaluate_before=false",
+        "compare.baselines=[]",
+    )
+    train(cfg, callbacks=[record])
+    assert record.fused and all(record.fused)
+    # Read after the step: clipping had rescaled every gradient in place.
+    assert record.norms and max(record.norms) <= 0.05 + 1e-4

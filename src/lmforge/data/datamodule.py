@@ -225,11 +225,19 @@ class TextDataModule(pl.LightningDataModule):
                 "tokenizer": tokenizer_fingerprint(tokenizer),
                 "data": self.data_fingerprints,
                 "settings": self.preprocessing_settings(),
-                "carving": [self.validation_ratio, self.test_ratio, self.seed],
+                "carving": self._carving_settings(),
             }
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
             self._cache_path = self.cache_dir / f"{type(self).__name__}-{digest}"
         return self._cache_path
+
+    def _carving_settings(self) -> list[Any] | None:
+        """What decides carved validation/test splits; None when local files give both, so a new
+        seed reuses the tokenized data (a hub data set's splits are known only once loaded)."""
+        given = self.sources["validation_file"] and self.sources["test_file"]
+        if given and not self.sources["dataset_name"]:
+            return None
+        return [self.validation_ratio, self.test_ratio, self.seed]
 
     def _source_fingerprints(self) -> dict[str, str]:
         """Identify the raw data: local files by content, hub data by its loaded fingerprint."""
@@ -246,8 +254,10 @@ class TextDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize every split once and cache it on disk (runs on one process per node)."""
         cache_path = self._resolve_cache_path()
+        # Lightning calls prepare_data again at fit: the first call tells whether the run hit.
         if (cache_path / "meta.json").is_file():
-            self.cache_hit = True
+            if self.cache_hit is None:
+                self.cache_hit = True
             log.info("Tokenized data: cache hit at %s", cache_path)
             return
         self.cache_hit = False
