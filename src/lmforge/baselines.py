@@ -216,7 +216,7 @@ def _tfidf_logreg(module: TaskModule, datamodule: TextDataModule, device: Any) -
     import torch
 
     raw = datamodule.raw_splits()
-    texts = {split: example_texts(datamodule, dataset) for split, dataset in raw.items()}
+    texts = {split: datamodule.row_texts(dataset) for split, dataset in raw.items()}
     labels = {split: list(dataset["labels"]) for split, dataset in raw.items()}
     fit = fit_tfidf_logreg(texts, labels)
     metrics = {}
@@ -225,15 +225,6 @@ def _tfidf_logreg(module: TaskModule, datamodule: TextDataModule, device: Any) -
         metrics.update(task_scores(module, stage, [(scores, torch.tensor(labels[split]))]))
     details = {"C": fit.c, "validation_accuracy": round(fit.validation_score, 4)}
     return metrics, details
-
-
-def example_texts(datamodule: TextDataModule, dataset: Any) -> list[str]:
-    """The text of each raw row; a sentence pair's two texts joined by " / "."""
-    texts = [str(t) for t in dataset[datamodule.text_column]]
-    if datamodule.text_pair_column:
-        pairs = dataset[datamodule.text_pair_column]
-        texts = [f"{t} / {p}" for t, p in zip(texts, pairs, strict=True)]
-    return texts
 
 
 def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from lmforge.config import validate_training_config
 from lmforge.errors import LmforgeError, RunInterrupted
-from lmforge.resources import config_dir
+from lmforge.resources import config_dir, multirun_hydra
 
 log = logging.getLogger("lmforge")
 
@@ -44,17 +44,11 @@ def user_errors() -> Iterator[None]:
     except LmforgeError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if _in_multirun():
+        if multirun_hydra() is not None:
             log.error("lmforge: error: %s", err)
             raise
         print(f"lmforge: error: {err}", file=sys.stderr)
         sys.exit(1)
-
-
-def _in_multirun() -> bool:
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _route_library_logs() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.baselines import example_texts, forward_split
+from lmforge.baselines import forward_split
 from lmforge.rundir import PREDICTIONS_FILE, write_new
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ def predict_test_split(
     predicted = predict_labels(module, datamodule, "test", device)
     if predicted is None:
         return None
-    texts = example_texts(datamodule, datamodule.raw_splits()["test"])
+    texts = datamodule.row_texts(datamodule.raw_splits()["test"])
     return SplitPredictions(texts, gold_labels(datamodule), predicted, list(module.label_names))
 
 

@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from lmforge.errors import LmforgeError
+from lmforge.rundir import CONFIG_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
 HYDRA_DIR = ".hydra"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 CURVES_CSV = "csv/metrics.csv"

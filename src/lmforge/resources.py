@@ -106,7 +106,7 @@ def run_id(output_dir: str) -> str:
     return f"{Path(str(output_dir)).name}-{digest[:8]}".replace("_", "-")
 
 
-def _multirun_hydra() -> DictConfig | None:
+def multirun_hydra() -> DictConfig | None:
     """Hydra's own config of this job when it is one job of a `-m` sweep, else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -124,13 +124,13 @@ def sweep_group(task_name: str) -> str | None:
     directory's name after the task name (`train-2026-11-22_10-00-00`) groups them and tells
     one sweep from another.
     """
-    hydra = _multirun_hydra()
+    hydra = multirun_hydra()
     return None if hydra is None else f"{task_name}-{Path(str(hydra.sweep.dir)).name}"
 
 
 def job_name(task_name: str) -> str:
     """A readable logger run name: the task name, and the job number within a sweep."""
-    hydra = _multirun_hydra()
+    hydra = multirun_hydra()
     return task_name if hydra is None else f"{task_name}-{hydra.job.num}"
 
 

@@ -108,6 +108,7 @@ class TextClassificationDataModule(TextDataModule):
         return empty, f"an empty or missing text in column(s) {', '.join(map(repr, columns))}"
 
     def row_texts(self, dataset: datasets.Dataset) -> list[str]:
+        """The text of each raw row; a sentence pair's two texts joined by " / "."""
         texts = [str(t) for t in dataset[self.text_column]]
         if self.text_pair_column:
             pairs = dataset[self.text_pair_column]
