@@ -300,3 +300,60 @@ def test_an_optuna_sweep_stopped_mid_trial_resumes_without_rerunning_or_overwrit
         )
         == 4
     )
+
+
+class FakeLauncher:
+    """Runs no process: each job 'returns' its lr, or fails when its batch size is 0."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[list[str]], int]] = []
+
+    def launch(self, jobs, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.calls.append(([list(j) for j in jobs], initial_job_idx))
+        results = []
+        for number, job in enumerate(jobs, start=initial_job_idx):
+            values = dict(item.split("=", 1) for item in job)
+            result = JobReturn(working_dir=f"sweep/{number}")
+            if values.get("data.batch_size") == "0":
+                result.status, result.return_value = JobStatus.FAILED, LmforgeError("bad batch")
+            else:
+                result.status, result.return_value = JobStatus.COMPLETED, float(values["x"])
+            results.append(result)
+        return results
+
+
+def test_batches_of_trials_run_as_consecutive_jobs_and_failures_are_recorded(tmp_path):
+    from omegaconf import OmegaConf
+
+    sweeper = make_sweeper(n_jobs=2)
+    sweeper.launcher = FakeLauncher()
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "x"}}})
+    space = {
+        "x": FloatDistribution(0.0, 1.0),
+        "data.batch_size": CategoricalDistribution(["0", "8"]),
+    }
+    study = sweeper._open_study(optuna, tmp_path, space, ["trainer.max_epochs=1"])
+    study.tell(study.ask(space), 0.5)  # an earlier trial: the batch starts at trial 1, not 0
+    batch = [study.ask(space) for _ in range(2)]
+    sweeper._run_batch(study, batch, ["trainer.max_epochs=1"], tmp_path)
+    jobs, first = sweeper.launcher.calls[0]
+    # One launch for the batch, numbered from its first trial; every job gets the fixed override.
+    assert first == batch[0].number == 1 and len(jobs) == 2
+    assert all("trainer.max_epochs=1" in job for job in jobs)
+    for trial in study.trials[1:]:
+        assert trial.user_attrs["job_dir"] == f"sweep/{trial.number}"
+        if trial.params["data.batch_size"] == "0":
+            assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "bad batch"
+        else:
+            assert trial.state == TrialState.COMPLETE and trial.value == trial.params["x"]
+
+
+def test_without_retry_a_killed_trial_is_only_marked_failed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    optuna.create_study(study_name="s", storage=storage).ask(space)  # left RUNNING
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert mark_interrupted(study, retry=False) == [0]
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
