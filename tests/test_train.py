@@ -273,3 +273,39 @@ def test_bf16_mixed_on_cpu_keeps_the_fused_optimizer_and_clips(make_cfg):
     assert record.fused and all(record.fused)
     # Read after the step: clipping had rescaled every gradient in place.
     assert record.norms and max(record.norms) <= 0.05 + 1e-4
+
+
+class RecordCompiled(pl.Callback):
+    """Records whether the model runs compiled when training starts."""
+
+    compiled: bool | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.compiled = getattr(pl_module.model, "_compiled_call_impl", None) is not None
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_training_matches_eager_training(make_cfg, tmp_path, backend):
+    import torch._dynamo
+
+    common = ("trainer.max_epochs=1", "evaluate_before=false", "compare.baselines=[]")
+    train(make_cfg(*common, run="eager"))
+    record = RecordCompiled()
+    torch._dynamo.reset()
+    cfg = make_cfg(*common, "compile.enabled=true", f"compile.backend={backend}", run="compiled")
+    train(cfg, callbacks=[record])
+    assert record.compiled
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    # Tracing alone changes nothing; inductor draws its own dropout masks and fuses kernels.
+    tolerance = 0 if backend == "eager" else 0.02
+    for key, value in eager["test"].items():
+        assert compiled["test"][key] == pytest.approx(value, abs=tolerance), key
+    # Compiled in place: the checkpoint's parameter names are the plain model's.
+    state = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert set(state["state_dict"]) == set(
+        torch.load(tmp_path / "eager" / "checkpoints" / "last.ckpt", weights_only=True)[
+            "state_dict"
+        ]
+    )
+    torch._dynamo.reset()

@@ -176,3 +176,48 @@ class FiniteLoss(pl.Callback):
             "(lower optimizer.lr or raise scheduler.warmup_ratio), float16 overflow "
             "(trainer.precision=bf16-mixed or 32-true), or labels outside the model's range."
         )
+
+
+class CompileModel(pl.Callback):
+    """`torch.compile` the task's Hugging Face model when fitting starts (`compile.enabled`).
+
+    Compiled in place (`nn.Module.compile`), so parameter names, checkpoints and exports stay
+    as they are, and in the process that trains: a spawned DDP worker compiles its own copy.
+    The first training and first validation steps pause while the graphs compile; a batch
+    shape not seen before may compile again, which `dynamic=None` limits by switching to
+    shape-generic graphs after the first change.
+
+    Args:
+        backend: a torch.compile backend (`inductor`; `eager` only traces: for checking).
+        mode: `default`, `reduce-overhead` (CUDA graphs) or `max-autotune`; None: default.
+        dynamic: None (decide after the first shape change), true or false.
+        fullgraph: fail on a graph break instead of running that part uncompiled.
+    """
+
+    def __init__(
+        self,
+        backend: str = "inductor",
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        fullgraph: bool = False,
+    ) -> None:
+        self.options: dict[str, Any] = {
+            "backend": backend,
+            "mode": mode,
+            "dynamic": dynamic,
+            "fullgraph": fullgraph,
+        }
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        model = pl_module.model
+        if getattr(model, "_compiled_call_impl", None) is not None:
+            return  # already compiled in this process
+        model.compile(**self.options)
+        log.info(
+            "torch.compile: backend %s, mode %s; the first training and validation steps "
+            "pause while it compiles.",
+            self.options["backend"],
+            self.options["mode"] or "default",
+        )

@@ -121,6 +121,16 @@ class DistillSchema(Section):
     temperature: float = Field(ABSENT, gt=0)
 
 
+class CompileSchema(Section):
+    enabled: bool = ABSENT
+    backend: str = ABSENT
+    mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = ABSENT
+    dynamic: bool | None = ABSENT
+    fullgraph: bool = ABSENT
+
+
 class TrainSchema(Section):
     """Every top-level key of conf/train.yaml; groups without shared keys are `Any`."""
 
@@ -135,6 +145,7 @@ class TrainSchema(Section):
     evaluate_before: bool = ABSENT
     compare: CompareSchema = ABSENT
     distill: DistillSchema = ABSENT
+    compile: CompileSchema = ABSENT
     optimized_metric: str = ABSENT
     optimized_mode: Literal["min", "max"] = ABSENT
     run_id: str = ABSENT

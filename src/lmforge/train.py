@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmforge.baselines import run_baselines
 from lmforge.callbacks import (
+    CompileModel,
     FiniteLoss,
     GracefulStop,
     RandomState,
@@ -35,6 +36,7 @@ from lmforge.comparison import (
     describe_start,
     predict_labels,
     predict_test_split,
+    run_test_with_predictions,
     write_comparison,
     write_test_predictions,
 )
@@ -78,7 +80,11 @@ def train(
     module = _build_module(cfg, datamodule)
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
-    trainer = _build_trainer(cfg, [RandomState(), throughput, stop, FiniteLoss(), *callbacks])
+    extra = [RandomState(), throughput, stop, FiniteLoss(), *callbacks]
+    if cfg.get("compile") and cfg.compile.enabled:
+        options = {k: v for k, v in cfg.compile.items() if k != "enabled"}
+        extra.append(CompileModel(**options))
+    trainer = _build_trainer(cfg, extra)
     _record_start(cfg, run_dir, datamodule)
 
     resumed = _resume_point(ckpt_path, datamodule)
@@ -100,14 +106,16 @@ def train(
                 "epochs_completed": trainer.current_epoch or int(logged.get("progress/epochs", 0)),
                 "global_step": trainer.global_step or int(logged.get("progress/global_step", 0)),
             }
-        after = _test(cfg, trainer, module, datamodule) if cfg.test else {}
+        after, predicted = _test(cfg, trainer, module, datamodule) if cfg.test else ({}, None)
     except SIGTERMException as err:
         raise _stopped(stop, run_dir) from err
 
     best = _best_validation(cfg, trainer)
-    # One prediction pass over test serves the confusion matrix, the flipped examples and
+    # The test pass's predictions serve the confusion matrix, the flipped examples and
     # test_predictions.jsonl (classification only).
-    predictions = predict_test_split(module, datamodule, device) if after.get("test") else None
+    predictions = (
+        predict_test_split(module, datamodule, device, predicted) if after.get("test") else None
+    )
     comparison = build_comparison(
         module,
         datamodule,
@@ -239,9 +247,10 @@ def _resume_point(ckpt_path: str | None, datamodule: TextDataModule) -> dict[str
 
 def _test(
     cfg: DictConfig, trainer: pl.Trainer, module: TaskModule, datamodule: TextDataModule
-) -> dict[str, dict[str, float]]:
+) -> tuple[dict[str, dict[str, float]], list[Any] | None]:
     """Evaluate the best checkpoint (the final weights if none was kept) on the validation and
-    test splits; the module holds those weights afterwards.
+    test splits; the module holds those weights afterwards. Also returns the test pass's
+    predicted labels (None where `run_test_with_predictions` could not take them).
 
     After a multi-process fit the evaluation runs in this process on one device, so every
     example counts exactly once (sharding pads the last batches with repeats).
@@ -253,14 +262,11 @@ def _test(
     if trainer.world_size > 1:
         trainer = _single_process_trainer(cfg, trainer.loggers)
     checkpoint = best or None
-    return {
-        "validation": _values(
-            trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-        ),
-        "test": _values(
-            trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-        ),
-    }
+    validation = _values(
+        trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    )
+    test, predicted = run_test_with_predictions(trainer, module, datamodule, ckpt_path=checkpoint)
+    return {"validation": validation, "test": test}, predicted
 
 
 def _single_process_trainer(
@@ -296,14 +302,13 @@ def _evaluate_before(
     # Not in inference mode: metric states it resets are updated in place by fit's validation.
     trainer = _single_process_trainer(cfg, inference_mode=False)
     data = copy.copy(datamodule)
-    record = {
-        "validation": _values(trainer.validate(module, datamodule=data, verbose=False)),
-        "test": _values(trainer.test(module, datamodule=data, verbose=False)),
-        **describe_start(module.start),
-    }
+    validation = _values(trainer.validate(module, datamodule=data, verbose=False))
+    test, predicted = run_test_with_predictions(trainer, module, data)
+    record = {"validation": validation, "test": test, **describe_start(module.start)}
     if cfg.compare.max_flipped:
-        device = trainer.strategy.root_device
-        record["predictions"] = {"test": predict_labels(module, datamodule, "test", device)}
+        if predicted is None:
+            predicted = predict_labels(module, datamodule, "test", trainer.strategy.root_device)
+        record["predictions"] = {"test": predicted}
     write_json(run_dir, BEFORE_FILE, record)
     log.info("Before training: %s", json.dumps(record["test"]))
     return record
