@@ -20,7 +20,10 @@ from lmforge.comparison import (
     _short_paths,
     comparison_rows,
     flipped_examples,
+    gold_labels,
+    predict_labels,
     render_comparison,
+    run_test_with_predictions,
     start_label,
 )
 from lmforge.config import validate_training_config
@@ -169,6 +172,24 @@ def test_classification_baselines_use_the_task_metric_keys(classification):
     assert torch.equal(torch.get_rng_state(), rng)
     for key, value in module.state_dict().items():
         assert torch.equal(value, weights[key]), key
+
+
+def test_the_test_pass_gives_the_same_predictions_as_a_prediction_pass(classification):
+    import lightning.pytorch as pl
+
+    dm, module = classification
+    dm.eval_batch_size = 8  # 30 rows: 4 batches, sorted by length, so not in row order
+    options = dict(accelerator="cpu", logger=False, enable_progress_bar=False)
+    separate = predict_labels(module, dm, "test")
+    metrics, predicted = run_test_with_predictions(pl.Trainer(**options), module, dm)
+    assert predicted == separate
+    assert sum(
+        p == g for p, g in zip(predicted, gold_labels(dm), strict=True)
+    ) / 30 == pytest.approx(metrics["test/acc"])
+    # A pass over part of the split cannot stand in for the prediction pass.
+    limited = pl.Trainer(**options, limit_test_batches=2)
+    assert run_test_with_predictions(limited, module, dm)[1] is None
+    assert module.recorded_test_predictions is None
 
 
 def test_raw_splits_match_the_tokenized_splits_row_for_row(tmp_path, tiny_model, tiny_data):

@@ -15,6 +15,7 @@ from lmforge.baselines import forward_split
 from lmforge.rundir import PREDICTIONS_FILE, write_new
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
     import torch
 
     from lmforge.data import TextDataModule
@@ -66,16 +67,40 @@ def predict_labels(
     behind both the 'before' and the 'after' predictions."""
     if module.task_name != "text_classification":
         return None
-    multi_label = module.multi_label
 
     def predict(batch: dict) -> list[Any]:
-        logits = module.forward_loss(batch)[1]  # (batch, labels)
-        if multi_label:
-            chosen = logits.sigmoid() > module.threshold
-            return [row.nonzero().flatten().tolist() for row in chosen]
-        return logits.argmax(dim=-1).tolist()
+        return module.predicted_labels(module.forward_loss(batch)[1])
 
     return [p for batch in forward_split(module, datamodule, split, predict, device) for p in batch]
+
+
+def run_test_with_predictions(
+    trainer: pl.Trainer, module: TaskModule, datamodule: TextDataModule, **options: Any
+) -> tuple[dict[str, float], list[Any] | None]:
+    """`trainer.test` (options: e.g. `ckpt_path`), and the predicted label per test row taken
+    from that same pass: the metrics and the predictions need one forward over test, not two.
+
+    The predictions are None for tasks without one label per row, or when the pass did not
+    cover every row exactly once (`limit_test_batches`, several processes): callers then use
+    `predict_labels`.
+    """
+    module.recorded_test_predictions = {}
+    try:
+        results = trainer.test(module, datamodule=datamodule, verbose=False, **options)
+        recorded = module.recorded_test_predictions
+    finally:
+        module.recorded_test_predictions = None
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.world_size > 1:
+        return metrics, None
+    batches = list(datamodule.test_dataloader().batch_sampler)
+    if len(recorded) != len(batches) or any(labels is None for labels in recorded.values()):
+        return metrics, None
+    predicted: list[Any] = [None] * len(datamodule.splits["test"])
+    for index, rows in enumerate(batches):
+        for row, label in zip(rows, recorded[index], strict=True):
+            predicted[row] = label
+    return metrics, predicted
 
 
 def gold_labels(datamodule: TextDataModule, split: str = "test") -> list[Any]:
@@ -249,10 +274,15 @@ class SplitPredictions:
 
 
 def predict_test_split(
-    module: TaskModule, datamodule: TextDataModule, device: torch.device | str | None = None
+    module: TaskModule,
+    datamodule: TextDataModule,
+    device: torch.device | str | None = None,
+    predicted: list[Any] | None = None,
 ) -> SplitPredictions | None:
-    """The module's predictions on the test split (None for tasks without one label per row)."""
-    predicted = predict_labels(module, datamodule, "test", device)
+    """The module's predictions on the test split (None for tasks without one label per row);
+    `predicted`: labels already taken in the test pass (`run_test_with_predictions`)."""
+    if predicted is None:
+        predicted = predict_labels(module, datamodule, "test", device)
     if predicted is None:
         return None
     texts = datamodule.row_texts(datamodule.raw_splits()["test"])

@@ -90,6 +90,9 @@ class TaskModule(pl.LightningModule):
         self.distill = distill
         if distill is not None:
             distill.attach(self)
+        # Set to {} by `comparison.run_test_with_predictions`: the test loop then keeps each batch's
+        # predicted labels (batch index -> labels), so one pass gives metrics and predictions.
+        self.recorded_test_predictions: dict[int, list[Any] | None] | None = None
         # A separate metric set per stage, so validation and test never share state.
         self.train_metrics = self.configure_metrics("train")
         self.val_metrics = self.configure_metrics("val")
@@ -114,6 +117,11 @@ class TaskModule(pl.LightningModule):
     def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
         """Compute (and reset) the stage's metrics; keys without the stage prefix."""
         return {}
+
+    def predicted_labels(self, outputs: Any) -> list[Any] | None:
+        """The predicted label id of each example from `forward_loss`'s outputs, for tasks with
+        one label per example (multi-label: the list of ids); None for the others."""
+        return None
 
     def stage_metrics(self, stage: str) -> nn.Module:
         """The metric set of `train`, `val` or `test`."""
@@ -362,7 +370,7 @@ class TaskModule(pl.LightningModule):
         )
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> Any:
         loss, outputs = self.forward_loss(batch)
         self.update_metrics(self.stage_metrics(stage), outputs, batch)
         self.log(
@@ -374,6 +382,7 @@ class TaskModule(pl.LightningModule):
             batch_size=self.batch_size_of(batch),
             sync_dist=True,
         )
+        return outputs
 
     def _log_epoch_metrics(self, stage: str) -> None:
         values = self.compute_metrics(self.stage_metrics(stage))
@@ -387,7 +396,9 @@ class TaskModule(pl.LightningModule):
         self._log_epoch_metrics("val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        outputs = self._eval_step(batch, "test")
+        if self.recorded_test_predictions is not None:
+            self.recorded_test_predictions[batch_idx] = self.predicted_labels(outputs)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

@@ -69,6 +69,13 @@ class TextClassificationModule(TaskModule):
             loss = F.cross_entropy(logits, labels)
         return loss, logits
 
+    def predicted_labels(self, outputs: torch.Tensor) -> list[Any]:
+        logits = outputs  # (batch, labels)
+        if self.multi_label:
+            chosen = logits.sigmoid() > self.threshold
+            return [row.nonzero().flatten().tolist() for row in chosen]
+        return logits.argmax(dim=-1).tolist()
+
     def configure_metrics(self, stage: str) -> nn.Module:
         n = len(self.label_names)
         if stage == "train":
