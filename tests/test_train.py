@@ -309,3 +309,29 @@ def test_compiled_training_matches_eager_training(make_cfg, tmp_path, backend):
         ]
     )
     torch._dynamo.reset()
+
+
+class RecordMatmulPrecision(pl.Callback):
+    precision: str | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.precision = torch.get_float32_matmul_precision()
+
+
+def test_float32_matmul_precision_holds_for_the_run_only(make_cfg):
+    before = torch.get_float32_matmul_precision()
+    record = RecordMatmulPrecision()
+    cfg = make_cfg(
+        "float32_matmul_precision=medium",
+        "trainer.max_epochs=1",
+        "evaluate_before=false",
+        "compare.baselines=[]",
+    )
+    train(cfg, callbacks=[record])
+    assert record.precision == "medium"
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_an_unknown_float32_matmul_precision_is_refused(make_cfg):
+    with pytest.raises(LmforgeError, match="float32_matmul_precision"):
+        train(make_cfg("float32_matmul_precision=low"))

@@ -8,6 +8,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,29 @@ class CompileModel(pl.Callback):
             self.options["backend"],
             self.options["mode"] or "default",
         )
+
+
+@contextmanager
+def matmul_precision(precision: str | None) -> Iterator[None]:
+    """`torch.set_float32_matmul_precision(precision)` for the block, then the previous
+    setting again (None: leave it alone)."""
+    if not precision:
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+class MatmulPrecision(pl.Callback):
+    """Sets the float32 matmul precision in each process that trains (`matmul_precision` sets
+    it in the run's own process; spawned DDP workers start with torch's default)."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        torch.set_float32_matmul_precision(self.precision)

@@ -146,6 +146,7 @@ class TrainSchema(Section):
     compare: CompareSchema = ABSENT
     distill: DistillSchema = ABSENT
     compile: CompileSchema = ABSENT
+    float32_matmul_precision: Literal["highest", "high", "medium"] | None = ABSENT
     optimized_metric: str = ABSENT
     optimized_mode: Literal["min", "max"] = ABSENT
     run_id: str = ABSENT

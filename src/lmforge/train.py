@@ -25,8 +25,10 @@ from lmforge.callbacks import (
     CompileModel,
     FiniteLoss,
     GracefulStop,
+    MatmulPrecision,
     RandomState,
     TrainThroughput,
+    matmul_precision,
     peak_memory,
 )
 from lmforge.checkpoints import read_checkpoint, use_atomic_checkpoints
@@ -71,6 +73,11 @@ def train(
         callbacks: extra callbacks, added to those of the config.
     """
     validate_training_config(cfg)
+    with matmul_precision(cfg.get("float32_matmul_precision")):
+        return _run(cfg, ckpt_path, callbacks)
+
+
+def _run(cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[pl.Callback]) -> float | None:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +88,9 @@ def train(
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
     extra = [RandomState(), throughput, stop, FiniteLoss(), *callbacks]
+    if cfg.get("float32_matmul_precision"):
+        # Spawned DDP workers start with torch's default.
+        extra.append(MatmulPrecision(cfg.float32_matmul_precision))
     if cfg.get("compile") and cfg.compile.enabled:
         options = {k: v for k, v in cfg.compile.items() if k != "enabled"}
         extra.append(CompileModel(**options))
