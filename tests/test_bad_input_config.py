@@ -478,3 +478,18 @@ def test_config_mistakes_fail_without_importing_torch(tmp_path, override):
     print(f"{override}: {result.stdout.strip()} (process wall {wall:.2f} s)")
     assert "EXIT 1 HEAVY []" in result.stdout, result.stdout + result.stderr
     assert_clear(result.stderr, override.split("=")[0])
+
+
+def test_model_fit_mistakes_fail_without_importing_lightning_or_datasets(tmp_path):
+    # The embedded model has 512 positions; reading its config and tokenizer needs
+    # transformers (and so torch), but not Lightning or datasets.
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "data.max_length=4096"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "EXIT 1 HEAVY ['torch', 'transformers']" in result.stdout, result.stdout + result.stderr
+    assert_clear(result.stderr, "data.max_length")

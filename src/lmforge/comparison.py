@@ -91,10 +91,10 @@ def run_test_with_predictions(
     finally:
         module.recorded_test_predictions = None
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    if trainer.world_size > 1:
+    if trainer.world_size > 1 or any(labels is None for labels in recorded.values()):
         return metrics, None
     batches = list(datamodule.test_dataloader().batch_sampler)
-    if len(recorded) != len(batches) or any(labels is None for labels in recorded.values()):
+    if len(recorded) != len(batches):
         return metrics, None
     predicted: list[Any] = [None] * len(datamodule.splits["test"])
     for index, rows in enumerate(batches):

@@ -369,6 +369,6 @@ def _pretrained_config(name: str) -> dict[str, Any]:
 @functools.cache
 def _tokenizer_size(name: str) -> int:
     """Number of token ids the tokenizer can produce (its vocabulary and added tokens)."""
-    from lmforge.data.datamodule import load_tokenizer
+    from lmforge.tokenization import load_tokenizer
 
     return len(load_tokenizer(name))

@@ -20,7 +20,7 @@ import datasets
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.checks import build_report, drop_empty_rows, log_report
 from lmforge.data.sampler import ResumableDataLoader, SeededBatchSampler
@@ -33,6 +33,7 @@ from lmforge.data.sources import (
     require_source,
 )
 from lmforge.errors import LmforgeError
+from lmforge.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,6 @@ log = logging.getLogger(__name__)
 # 2: empty rows dropped before tokenization; meta.json holds the data checks.
 CACHE_FORMAT = 2
 SPLITS = ("train", "validation", "test")
-
-
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """`AutoTokenizer.from_pretrained` with an error that names the config key."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except Exception as err:
-        raise LmforgeError(
-            f"model.tokenizer={name_or_path!r} could not be loaded as a tokenizer (expected a hub "
-            f"name or a folder with tokenizer files): {err}"
-        ) from err
 
 
 def load_tokenizer_for_batching(name_or_path: str) -> PreTrainedTokenizerBase:
