@@ -306,3 +306,20 @@ def test_the_seed_keys_the_cache_only_when_splits_are_carved(tmp_path, tiny_mode
     only_train = {"train_file": files["train_file"]}
     assert build(tmp_path, tiny_model, seed=1, **only_train).cache_hit is False
     assert build(tmp_path, tiny_model, seed=2, **only_train).cache_hit is False
+
+
+def test_batches_pad_to_a_multiple(tmp_path, tiny_model, tiny_data):
+    files = {f"{split}_file": str(tiny_data / f"{split}.csv") for split in ("train", "test")}
+    plain = build(tmp_path, tiny_model, batch_size=8, **files)
+    padded = build(tmp_path, tiny_model, batch_size=8, pad_to_multiple_of=8, **files)
+    loaders = (padded.train_dataloader(), padded.test_dataloader())
+    for batch in (b for loader in loaders for b in loader):
+        assert batch["input_ids"].shape[1] % 8 == 0
+    # Same examples, same real tokens: only the padding differs.
+    for ours, theirs in zip(padded.train_dataloader(), plain.train_dataloader(), strict=True):
+        assert (
+            ours["attention_mask"].sum(dim=1).tolist()
+            == theirs["attention_mask"].sum(dim=1).tolist()
+        )
+        width = theirs["input_ids"].shape[1]
+        assert torch.equal(ours["input_ids"][:, :width], theirs["input_ids"])

@@ -37,6 +37,14 @@ def test_causal_collator_masks_padding_out_of_the_loss(tiny_model):
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_causal_collator_pads_to_a_multiple(tiny_model):
+    collator = CausalCollator(load_tokenizer(str(tiny_model)), pad_to_multiple_of=4)
+    batch = collator([{"input_ids": [5, 6, 7, 9, 10]}, {"input_ids": [8]}])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["labels"].tolist()[1] == [8] + [-100] * 7
+    assert batch["attention_mask"].sum(dim=1).tolist() == [5, 1]
+
+
 def test_token_weighted_perplexity():
     metric = TokenLoss()
     metric.update(torch.tensor(2.0), 30)  # a batch of 30 tokens at mean loss 2

@@ -12,6 +12,7 @@ import torch
 from omegaconf import open_dict
 from torch.testing import assert_close
 
+from lmforge import callbacks as callbacks_module
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate
 from lmforge.rundir import prepare_resume
@@ -330,6 +331,26 @@ def test_float32_matmul_precision_holds_for_the_run_only(make_cfg):
     train(cfg, callbacks=[record])
     assert record.precision == "medium"
     assert torch.get_float32_matmul_precision() == before
+    assert read_metrics(Path(cfg.paths.output_dir))["float32_matmul_precision"] == "medium"
+
+
+@pytest.mark.parametrize(
+    ("setting", "accelerator", "bf16_cpu", "expected"),
+    [
+        ("auto", "cpu", True, "medium"),
+        ("auto", "cpu", False, None),
+        ("auto", "gpu", True, None),  # medium would make CUDA matmuls bfloat16
+        ("auto", "auto", True, None if torch.cuda.is_available() else "medium"),
+        ("high", "gpu", False, "high"),
+        ("highest", "cpu", True, "highest"),
+        (None, "cpu", True, None),
+    ],
+)
+def test_auto_matmul_precision_is_medium_on_bf16_cpus_only(
+    monkeypatch, setting, accelerator, bf16_cpu, expected
+):
+    monkeypatch.setattr(callbacks_module, "cpu_has_bf16", lambda: bf16_cpu)
+    assert callbacks_module.resolve_matmul_precision(setting, accelerator) == expected
 
 
 def test_an_unknown_float32_matmul_precision_is_refused(make_cfg):

@@ -47,6 +47,7 @@ class DataSchema(Section):
     num_workers: int = Field(ABSENT, ge=0)
     seed: int = Field(ABSENT, ge=0)
     group_by_length: bool = ABSENT
+    pad_to_multiple_of: int | None = Field(ABSENT, gt=0)
     pin_memory: bool = ABSENT
 
 
@@ -146,7 +147,7 @@ class TrainSchema(Section):
     compare: CompareSchema = ABSENT
     distill: DistillSchema = ABSENT
     compile: CompileSchema = ABSENT
-    float32_matmul_precision: Literal["highest", "high", "medium"] | None = ABSENT
+    float32_matmul_precision: Literal["auto", "highest", "high", "medium"] | None = ABSENT
     optimized_metric: str = ABSENT
     optimized_mode: Literal["min", "max"] = ABSENT
     run_id: str = ABSENT

@@ -30,6 +30,7 @@ from lmforge.callbacks import (
     TrainThroughput,
     matmul_precision,
     peak_memory,
+    resolve_matmul_precision,
 )
 from lmforge.checkpoints import read_checkpoint, use_atomic_checkpoints
 from lmforge.comparison import (
@@ -73,11 +74,24 @@ def train(
         callbacks: extra callbacks, added to those of the config.
     """
     validate_training_config(cfg)
-    with matmul_precision(cfg.get("float32_matmul_precision")):
-        return _run(cfg, ckpt_path, callbacks)
+    setting = cfg.get("float32_matmul_precision")
+    precision = resolve_matmul_precision(setting, cfg.trainer.get("accelerator"))
+    if setting == "auto" and precision:
+        log.info(
+            "float32 matmuls: %s precision (float32_matmul_precision=auto on a CPU with bfloat16 "
+            "instructions: oneDNN's bfloat16 math mode; =highest keeps plain float32).",
+            precision,
+        )
+    with matmul_precision(precision):
+        return _run(cfg, ckpt_path, callbacks, precision)
 
 
-def _run(cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[pl.Callback]) -> float | None:
+def _run(
+    cfg: DictConfig,
+    ckpt_path: str | None,
+    callbacks: Sequence[pl.Callback],
+    precision: str | None,
+) -> float | None:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,9 +102,9 @@ def _run(cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[pl.Callback
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
     extra = [RandomState(), throughput, stop, FiniteLoss(), *callbacks]
-    if cfg.get("float32_matmul_precision"):
+    if precision:
         # Spawned DDP workers start with torch's default.
-        extra.append(MatmulPrecision(cfg.float32_matmul_precision))
+        extra.append(MatmulPrecision(precision))
     if cfg.get("compile") and cfg.compile.enabled:
         options = {k: v for k, v in cfg.compile.items() if k != "enabled"}
         extra.append(CompileModel(**options))
@@ -147,6 +161,7 @@ def _run(cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[pl.Callback
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
         "train_samples_per_second": samples_per_second,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "peak_memory": peak_memory(),
         **progress,
         "parameters": module.parameter_counts(),

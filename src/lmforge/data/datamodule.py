@@ -94,6 +94,7 @@ class TextDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         group_by_length: bool = True,
+        pad_to_multiple_of: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         max_train_samples: int | None = None,
@@ -118,6 +119,8 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.group_by_length = group_by_length
+        # Batches are padded to a multiple of this (None: to their longest example).
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.caps = {

@@ -57,11 +57,15 @@ class CausalCollator:
     end-of-text target. This uses the attention mask instead.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None
+    ) -> None:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.multiple = pad_to_multiple_of or 1
 
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(e["input_ids"]) for e in examples)
+        width = -(-width // self.multiple) * self.multiple
         ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
         for row, example in enumerate(examples):
@@ -244,17 +248,20 @@ class LanguageModelingDataModule(TextDataModule):
             mlm=True,
             mlm_probability=self.mlm_probability,
             whole_word_mask=self.whole_word_mask,
+            pad_to_multiple_of=self.pad_to_multiple_of,
         )
 
     def build_collator(self):
         if self.objective == "causal":
-            return CausalCollator(self._ensure_tokenizer())
+            return CausalCollator(self._ensure_tokenizer(), self.pad_to_multiple_of)
         return self._masking_collator()
 
     def eval_collator(self):
         if self.objective == "causal":
-            return CausalCollator(self._ensure_tokenizer())
+            return CausalCollator(self._ensure_tokenizer(), self.pad_to_multiple_of)
         # Masking was fixed at preprocessing: pad inputs, and labels with -100.
         return DataCollatorForTokenClassification(
-            self._ensure_tokenizer(), label_pad_token_id=IGNORE
+            self._ensure_tokenizer(),
+            label_pad_token_id=IGNORE,
+            pad_to_multiple_of=self.pad_to_multiple_of,
         )

@@ -213,4 +213,4 @@ class TextClassificationDataModule(TextDataModule):
         return out
 
     def build_collator(self) -> DataCollatorWithPadding:
-        return DataCollatorWithPadding(self.tokenizer)
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)

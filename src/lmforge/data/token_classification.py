@@ -324,4 +324,6 @@ class TokenClassificationDataModule(TextDataModule):
         return out
 
     def build_collator(self) -> DataCollatorForTokenClassification:
-        return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
+        return DataCollatorForTokenClassification(
+            self.tokenizer, label_pad_token_id=IGNORE, pad_to_multiple_of=self.pad_to_multiple_of
+        )
