@@ -356,3 +356,32 @@ def test_auto_matmul_precision_is_medium_on_bf16_cpus_only(
 def test_an_unknown_float32_matmul_precision_is_refused(make_cfg):
     with pytest.raises(LmforgeError, match="float32_matmul_precision"):
         train(make_cfg("float32_matmul_precision=low"))
+
+
+class RecordWidths(pl.Callback):
+    def __init__(self) -> None:
+        self.widths: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.widths.append(int(batch["input_ids"].shape[1]))
+
+
+@pytest.mark.parametrize(
+    ("bf16_cpu", "padding", "multiples_of_8"),
+    [(True, None, True), (True, 1, False), (False, None, False)],
+)
+def test_auto_matmul_precision_pads_batches_for_onednn(
+    make_cfg, monkeypatch, bf16_cpu, padding, multiples_of_8
+):
+    monkeypatch.setattr(callbacks_module, "cpu_has_bf16", lambda: bf16_cpu)
+    record = RecordWidths()
+    cfg = make_cfg(
+        "float32_matmul_precision=auto",
+        f"data.pad_to_multiple_of={'null' if padding is None else padding}",
+        "trainer.max_epochs=1",
+        "evaluate_before=false",
+        "compare.baselines=[]",
+    )
+    train(cfg, callbacks=[record])
+    assert record.widths
+    assert all(w % 8 == 0 for w in record.widths) == multiples_of_8, record.widths

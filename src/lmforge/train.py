@@ -98,6 +98,8 @@ def _run(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = prepare_datamodule(cfg.data)
+    if cfg.get("float32_matmul_precision") == "auto" and precision == "medium":
+        _pad_for_onednn(datamodule)
     module = _build_module(cfg, datamodule)
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
@@ -180,6 +182,20 @@ def _run(
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return best["value"] if best else None
+
+
+def _pad_for_onednn(datamodule: TextDataModule) -> None:
+    """Pad batches to multiples of 8 when `auto` chose oneDNN's bfloat16 math mode and the
+    data config left `pad_to_multiple_of` unset.
+
+    oneDNN builds (and keeps) kernels per matmul shape, so batches of every length cost time
+    and memory; on the README's benchmark CPU, short texts trained at 63.8 instead of 60.6
+    samples/s with a peak RSS of 1976 instead of 2693 MiB. (With plain float32 matmuls the same
+    padding was 10% slower: more padded tokens to compute.)
+    """
+    if datamodule.pad_to_multiple_of is None:
+        datamodule.pad_to_multiple_of = 8
+        log.info("Batches are padded to multiples of 8 (fewer matmul shapes for oneDNN).")
 
 
 def _build_module(cfg: DictConfig, datamodule: TextDataModule) -> TaskModule:
