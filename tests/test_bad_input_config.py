@@ -178,6 +178,19 @@ def test_zero_or_negative_lr_batch_size_epochs(make_cfg, tmp_path, override, exp
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("compile.mode=fastest", "compile.mode"),
+        ("compile.enabled=maybe", "compile.enabled"),
+        ("data.pad_to_multiple_of=0", "data.pad_to_multiple_of"),
+        ("float32_matmul_precision=low", "float32_matmul_precision"),
+    ],
+)
+def test_speed_options_with_bad_values(make_cfg, override, key):
+    assert_clear(refused(make_cfg(override)), key)
+
+
 def test_lora_option_with_full_finetuning(make_cfg):
     message = refused(make_cfg("+finetune.r=8"))
     assert_clear(

@@ -353,11 +353,6 @@ def test_auto_matmul_precision_is_medium_on_bf16_cpus_only(
     assert callbacks_module.resolve_matmul_precision(setting, accelerator) == expected
 
 
-def test_an_unknown_float32_matmul_precision_is_refused(make_cfg):
-    with pytest.raises(LmforgeError, match="float32_matmul_precision"):
-        train(make_cfg("float32_matmul_precision=low"))
-
-
 class RecordWidths(pl.Callback):
     def __init__(self) -> None:
         self.widths: list[int] = []

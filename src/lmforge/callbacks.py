@@ -213,10 +213,7 @@ class CompileModel(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        model = pl_module.model
-        if getattr(model, "_compiled_call_impl", None) is not None:
-            return  # already compiled in this process
-        model.compile(**self.options)
+        pl_module.model.compile(**self.options)
         log.info(
             "torch.compile: backend %s, mode %s; the first training and validation steps "
             "pause while it compiles.",
