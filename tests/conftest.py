@@ -197,6 +197,22 @@ def tiny_text(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer GPT-2 (width 32) with the embedded WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("tiny_gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    ).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
 TINY_GPT2 = [
     "model.from_config.n_layer=2",
     "model.from_config.n_embd=32",

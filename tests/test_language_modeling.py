@@ -214,23 +214,14 @@ def test_text_file_mode_document_reads_one_example_per_file(tmp_path, tiny_model
     assert dm.meta["stats"]["train"]["truncated"] == 1  # the whole file is far over 16 tokens
 
 
-def test_lora_on_a_pretrained_causal_lm_saves_adapters_and_generates(make_cfg, tmp_path, tiny_text):
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from lmforge.resources import embedded_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny_gpt2"
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_embd=32, n_head=2, n_positions=64)
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+def test_lora_on_a_pretrained_causal_lm_saves_adapters_and_generates(
+    make_cfg, tmp_path, tiny_text, tiny_gpt2
+):
     train(
         make_cfg(
             "experiment=debian_lm_gpt2_scratch",
             "model=gpt2",
-            f"model.pretrained={folder}",
+            f"model.pretrained={tiny_gpt2}",
             "finetune=lora",
             f"data.train_file={tiny_text / 'train.txt'}",
             "data.block_size=16",

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmforge.baselines import BASELINES
+from lmforge.compatibility import strategy_problem
 from lmforge.errors import LmforgeError
 from lmforge.resources import config_dir
 from lmforge.rundir import check_run_dir_is_free
@@ -69,6 +70,7 @@ def check_config(cfg: DictConfig) -> None:
             _check_trainer,
             _check_model_source,
             _check_finetune_keys,
+            _check_finetune_versions,
             _check_task_parts,
             _check_monitored_metrics,
             _check_compare,
@@ -220,6 +222,16 @@ def _check_finetune_keys(cfg: DictConfig, problems: list[str]) -> None:
                 f"finetune.{key} is not a setting of any finetune option; {uses}, whose settings "
                 f"are: {', '.join(settings) or 'none'}.{hint}"
             )
+
+
+def _check_finetune_versions(cfg: DictConfig, problems: list[str]) -> None:
+    """A fine-tuning method that the installed library versions are known to break."""
+    node = cfg.get("finetune")
+    if not isinstance(node, DictConfig):
+        return
+    for option in chosen_options("finetune", node):
+        if problem := strategy_problem(option):
+            problems.append(problem)
 
 
 def _options_building(group: str, class_of_target: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedModel
 
+from lmforge.compatibility import check_strategy_supported
 from lmforge.errors import LmforgeError
 
 log = logging.getLogger(__name__)
@@ -365,6 +366,10 @@ class PrefixTuning(PromptTuning):
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens)
+
+    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+        check_strategy_supported(self.name)
+        return super().apply(model, task)
 
 
 STRATEGIES: dict[str, type[FinetuneStrategy]] = {
