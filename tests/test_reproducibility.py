@@ -13,7 +13,12 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lmforge.reproducibility import RECORD_FILE, git_state, record_reproducibility
+from lmforge.reproducibility import (
+    RECORD_FILE,
+    REQUIREMENTS_FILE,
+    git_state,
+    record_reproducibility,
+)
 from lmforge.train import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.test_cli import ENV, script
@@ -80,6 +85,19 @@ def test_the_record_holds_what_a_rerun_needs(runs, tiny_data):
     assert (runs["first"] / "config.yaml").is_file()
 
 
+def test_the_run_pins_every_installed_package_for_a_reinstall(runs):
+    import importlib.metadata
+
+    record = json.loads((runs["first"] / RECORD_FILE).read_text())
+    assert record["requirements"] == REQUIREMENTS_FILE
+    lines = (runs["first"] / REQUIREMENTS_FILE).read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if not line.startswith("#"))
+    for package in ("torch", "transformers", "peft", "lightning", "hydra-core", "numpy"):
+        assert pins[package] == importlib.metadata.version(package), package
+    assert "lmforge" not in pins and "pip" not in pins  # the code is pinned by its commit
+    assert list(pins) == sorted(pins, key=str.lower)
+
+
 def test_same_seed_same_data_gives_the_same_metrics_and_weights(runs):
     first, again = metrics(runs["first"]), metrics(runs["again"])
     assert first["test"] and first["test"] == again["test"]
@@ -101,6 +119,8 @@ def test_a_second_record_in_the_same_run_dir_is_numbered(tmp_path, make_cfg, tin
     text = first.read_text()
     second = record_reproducibility(tmp_path, cfg, {"train": "precomputed"})
     assert first.name == RECORD_FILE and second.name == "reproducibility.resume-1.json"
+    assert json.loads(second.read_text())["requirements"] == "requirements.resume-1.txt"
+    assert (tmp_path / "requirements.resume-1.txt").is_file()
     assert first.read_text() == text  # a resumed run keeps the first record
     assert json.loads(second.read_text())["data"]["files"]["train"]["sha256"] == "precomputed"
 

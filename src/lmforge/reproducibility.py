@@ -4,7 +4,9 @@
 the versions of the packages that shape the numbers, the git commit of the code, a fingerprint
 of every data file read, and the machine. A resumed run keeps that first record and writes its
 own beside it (`reproducibility.resume-1.json`, ...): the machine or the packages may differ.
-The resolved config is in config.yaml next to it.
+The resolved config is in config.yaml next to it, and `requirements.txt` (a resumed run:
+`requirements.resume-<n>.txt`) pins every installed distribution, so
+`pip install -c requirements.txt -e .` at the recorded commit reinstalls the run's exact versions.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmforge.compatibility import installed_versions
 from lmforge.data.sources import file_fingerprint
 from lmforge.rundir import write_json
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "reproducibility.json"
+REQUIREMENTS_FILE = "requirements.txt"
+# Installers that pip itself leaves out of a freeze: pinning them changes nothing a run computes.
+INSTALLERS = {"pip", "setuptools", "wheel", "distribute"}
 # The distributions whose versions change what a run computes (or whether it runs at all).
 PACKAGES = (
     "lmforge",
@@ -67,16 +73,40 @@ def record_reproducibility(
         "git": git_state(),
         "platform": platform_record(),
     }
-    return write_json(run_dir, _free_name(run_dir), record)
+    resume = _resume_number(run_dir)
+    suffix = f".resume-{resume}" if resume else ""
+    requirements = run_dir / f"{Path(REQUIREMENTS_FILE).stem}{suffix}.txt"
+    requirements.write_text(requirements_text(), encoding="utf-8")
+    record["requirements"] = requirements.name
+    return write_json(run_dir, f"{Path(RECORD_FILE).stem}{suffix}.json", record)
 
 
-def _free_name(run_dir: Path) -> str:
+def _resume_number(run_dir: Path) -> int:
+    """0 for the first record of a run directory, n for its n-th resumption."""
     if not (run_dir / RECORD_FILE).exists():
-        return RECORD_FILE
+        return 0
     n = 1
     while (run_dir / f"reproducibility.resume-{n}.json").exists():
         n += 1
-    return f"reproducibility.resume-{n}.json"
+    return n
+
+
+def requirements_text() -> str:
+    """Every installed distribution as `name==version`, sorted, in pip's requirements format.
+
+    lmforge itself is left out: its code is the commit in the record (an editable checkout has
+    no version that pins it)."""
+    pins: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name or name.lower() in INSTALLERS or name.lower() == "lmforge":
+            continue
+        pins[name] = dist.version
+    header = (
+        "# The packages installed when this run started. Reinstall them, with the code at the\n"
+        "# commit in the run's reproducibility record:  pip install -c <this file> -e <checkout>\n"
+    )
+    return header + "".join(f"{name}=={pins[name]}\n" for name in sorted(pins, key=str.lower))
 
 
 def _invocation() -> dict[str, Any]:
@@ -123,13 +153,7 @@ def _data_record(cfg: DictConfig, fingerprints: dict[str, str]) -> dict[str, Any
 
 def package_versions() -> dict[str, str | None]:
     """Python and the installed versions of `PACKAGES` (None when one is not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {"python": platform.python_version(), **installed_versions(list(PACKAGES))}
 
 
 def git_state() -> dict[str, Any] | None:
