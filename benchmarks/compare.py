@@ -31,6 +31,7 @@ from contenders import (
     child_env,
     lmforge_command,
     lmforge_phases,
+    read_json,
     run_contender,
     run_process,
     time_cfg_job,
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--contenders",
         nargs="+",
         choices=list(CONTENDERS),
-        default=["raw", "trainer", "lmforge", "lmforge-bf16", "raw-bf16"],
+        default=["raw", "trainer", "lmforge", "lmforge-fp32", "lmforge-bf16", "raw-bf16"],
     )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=128)
@@ -149,7 +150,7 @@ def make_spec(
         epochs=settings.epochs,
         seed=seed,
         threads=settings.threads,
-        bf16=bf16,
+        bf16=bool(bf16),
         # Grouping by length only matters when lengths vary; the long shape has none.
         group_by_length=data["shape"] == "short",
         fused_adamw=settings.fused_raw_adamw,
@@ -178,7 +179,7 @@ def measure_startup(
         process = run_process(
             lmforge_command(spec, quick), child_env(settings), work_dir / f"{name}.out"
         )
-        probe = _read_json(Path(spec.probe_file)) or {}
+        probe = read_json(Path(spec.probe_file)) or {}
         first = probe.get("first_step")
         phases, hit = lmforge_phases(Path(spec.run_dir) / "train.log", process["started"], probe)
         results.append(
@@ -198,13 +199,6 @@ def measure_startup(
             flush=True,
         )
     return results
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def machine_text(threads: int | None) -> str:

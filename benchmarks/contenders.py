@@ -30,13 +30,15 @@ from run_spec import RunSpec
 
 BENCH_DIR = Path(__file__).resolve().parent
 
-# name -> (family, bf16)
-CONTENDERS: dict[str, tuple[str, bool]] = {
+# name -> (family, bf16): bf16 autocast or not; None: the framework's own default precision
+# (lmforge's trainer.precision=auto; plain float32 is the default of the other two).
+CONTENDERS: dict[str, tuple[str, bool | None]] = {
     "raw": ("raw", False),
     "raw-bf16": ("raw", True),
     "trainer": ("trainer", False),
     "trainer-bf16": ("trainer", True),
-    "lmforge": ("lmforge", False),
+    "lmforge": ("lmforge", None),
+    "lmforge-fp32": ("lmforge", False),
     "lmforge-bf16": ("lmforge", True),
 }
 
@@ -102,7 +104,7 @@ def lmforge_command(spec: RunSpec, settings: Settings) -> list[str]:
         f"scheduler.warmup_ratio={spec.warmup_ratio}",
         f"trainer.gradient_clip_val={spec.gradient_clip}",
         f"trainer.max_epochs={spec.epochs}",
-        f"trainer.precision={'bf16-mixed' if spec.bf16 else '32-true'}",
+        *precision_overrides(spec.contender),
         f"seed={spec.seed}",
         "compare.baselines=[]",
         "evaluate_before=false",
@@ -114,6 +116,14 @@ def lmforge_command(spec: RunSpec, settings: Settings) -> list[str]:
     ]
     probe = [sys.executable, str(BENCH_DIR / "probe.py"), spec.probe_file, "--"]
     return [*probe, "lmforge-train", *overrides]
+
+
+def precision_overrides(contender: str) -> list[str]:
+    """`lmforge` runs with lmforge's default precision; `-fp32` and `-bf16` set it."""
+    _, bf16 = CONTENDERS[contender]
+    if bf16 is None:
+        return []
+    return [f"trainer.precision={'bf16-mixed' if bf16 else '32-true'}"]
 
 
 def command(spec: RunSpec, settings: Settings, spec_path: Path) -> list[str]:
@@ -164,7 +174,7 @@ def run_contender(spec: RunSpec, settings: Settings) -> dict[str, Any]:
         "load_average_before": load_before,
         "output": str(run_dir.parent / f"{run_dir.name}.out"),
     }
-    probe = _read_json(Path(spec.probe_file)) or {}
+    probe = read_json(Path(spec.probe_file)) or {}
     first_step = probe.get("first_step")
     record["first_step_seconds"] = first_step - process["started"] if first_step else None
     record["optimizer_steps_seen"] = probe.get("steps")
@@ -180,7 +190,7 @@ def run_contender(spec: RunSpec, settings: Settings) -> dict[str, Any]:
 
 
 def _script_figures(spec: RunSpec, started: float, probe: dict[str, Any]) -> dict[str, Any]:
-    result = _read_json(Path(spec.result_file)) or {}
+    result = read_json(Path(spec.result_file)) or {}
     marks = result.get("marks", {})
     order = ("imports_done", "data_ready", "model_ready")
     phases = _phases(started, [marks.get(name) for name in order], probe)
@@ -210,8 +220,8 @@ def _script_figures(spec: RunSpec, started: float, probe: dict[str, Any]) -> dic
 
 
 def _lmforge_figures(run_dir: Path, started: float, probe: dict[str, Any]) -> dict[str, Any]:
-    metrics = _read_json(run_dir / "metrics.json") or {}
-    reproducibility = _read_json(run_dir / "reproducibility.json") or {}
+    metrics = read_json(run_dir / "metrics.json") or {}
+    reproducibility = read_json(run_dir / "reproducibility.json") or {}
     phases, cache_hit = lmforge_phases(run_dir / "train.log", started, probe)
     speed = metrics.get("train_samples_per_second")
     epochs = metrics.get("epochs_completed") or 0
@@ -221,6 +231,7 @@ def _lmforge_figures(run_dir: Path, started: float, probe: dict[str, Any]) -> di
         "train_samples": samples,
         "train_seconds": samples / speed if speed else None,
         "test_accuracy": (metrics.get("test") or {}).get("test/acc"),
+        "precision": metrics.get("precision"),
         "phases": phases,
         "tokenization_cache_hit": cache_hit,
         "torch_threads": (reproducibility.get("platform") or {}).get("torch_threads"),
@@ -290,7 +301,7 @@ def _log_lines(path: Path) -> list[tuple[float, str, str]]:
     return lines
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

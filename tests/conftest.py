@@ -118,9 +118,9 @@ def tiny_overrides(tiny_model: Path, tiny_data: Path) -> list[str]:
         "trainer.enable_model_summary=false",
         "callbacks.rich_progress_bar=null",
         "optimizer.lr=3e-3",
-        # Plain float32 on every host: `auto` would pick oneDNN's bf16 mode (and pad batches to
-        # multiples of 8, which moves dropout's draws) only on CPUs with bf16 instructions.
-        "float32_matmul_precision=highest",
+        # Plain float32 on every host: `auto` would pick bf16-mixed only on CPUs with bfloat16
+        # instructions, so pinned values would depend on the machine.
+        "trainer.precision=32-true",
     ]
 
 

@@ -8,8 +8,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -220,41 +218,6 @@ class CompileModel(pl.Callback):
             self.options["backend"],
             self.options["mode"] or "default",
         )
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_matmul_precision(setting: str | None, accelerator: str | None) -> str | None:
-    """The float32 matmul precision a run uses (None: torch's default, left alone).
-
-    `auto` is `medium` for a run on a CPU with bfloat16 instructions: oneDNN's bfloat16 math
-    mode, which on the README's benchmark CPU ran training steps 1.5x faster with the test loss
-    equal to 7 digits. Elsewhere (GPUs, older CPUs) `auto` leaves torch's default: the same
-    setting would make CUDA matmuls truly bfloat16.
-    """
-    if setting != "auto":
-        return setting
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    return "medium" if on_cpu and cpu_has_bf16() else None
-
-
-@contextmanager
-def matmul_precision(precision: str | None) -> Iterator[None]:
-    """`torch.set_float32_matmul_precision(precision)` for the block, then the previous
-    setting again (None: leave it alone)."""
-    if not precision:
-        yield
-        return
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 class MatmulPrecision(pl.Callback):

@@ -29,6 +29,7 @@ from lmforge.schema import schema_problems
 from lmforge.task_families import TASK_FAMILIES, class_name, family_of_module
 
 PRECISIONS = {
+    "auto",
     "32-true",
     "32",
     "64-true",
@@ -96,7 +97,7 @@ def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
     if precision is not None and str(precision) not in PRECISIONS:
         problems.append(
             f"trainer.precision={precision!r} is not a Lightning precision; expected one of "
-            "32-true, bf16-mixed, 16-mixed, bf16-true, 16-true, 64-true."
+            "auto, 32-true, bf16-mixed, 16-mixed, bf16-true, 16-true, 64-true."
         )
     strategy = _select(cfg, "trainer.strategy")
     devices = _select(cfg, "trainer.devices")

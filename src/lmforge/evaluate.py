@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.errors import LmforgeError
+from lmforge.precision import settle_precision
 from lmforge.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -70,6 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"{module.task_name} run (its data settings come from {source / CONFIG_FILE}): {err}"
         ) from err
 
+    settle_precision(cfg.trainer)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}

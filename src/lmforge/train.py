@@ -28,9 +28,7 @@ from lmforge.callbacks import (
     MatmulPrecision,
     RandomState,
     TrainThroughput,
-    matmul_precision,
     peak_memory,
-    resolve_matmul_precision,
 )
 from lmforge.checkpoints import read_checkpoint, use_atomic_checkpoints
 from lmforge.comparison import (
@@ -47,6 +45,7 @@ from lmforge.config import validate_training_config
 from lmforge.data import TextDataModule, prepare_datamodule
 from lmforge.errors import RunInterrupted
 from lmforge.loggers import publish_run_results
+from lmforge.precision import matmul_precision, resolve_matmul_precision, settle_precision
 from lmforge.report import plot_run_curves
 from lmforge.reproducibility import record_reproducibility
 from lmforge.rundir import (
@@ -74,6 +73,7 @@ def train(
         callbacks: extra callbacks, added to those of the config.
     """
     validate_training_config(cfg)
+    settle_precision(cfg.trainer)
     setting = cfg.get("float32_matmul_precision")
     precision = resolve_matmul_precision(setting, cfg.trainer.get("accelerator"))
     if setting == "auto" and precision:
@@ -98,8 +98,6 @@ def _run(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = prepare_datamodule(cfg.data)
-    if cfg.get("float32_matmul_precision") == "auto" and precision == "medium":
-        _pad_for_onednn(datamodule)
     module = _build_module(cfg, datamodule)
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
@@ -163,6 +161,7 @@ def _run(
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
         "train_samples_per_second": samples_per_second,
+        "precision": str(cfg.trainer.precision),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "peak_memory": peak_memory(),
         **progress,
@@ -182,20 +181,6 @@ def _run(
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return best["value"] if best else None
-
-
-def _pad_for_onednn(datamodule: TextDataModule) -> None:
-    """Pad batches to multiples of 8 when `auto` chose oneDNN's bfloat16 math mode and the
-    data config left `pad_to_multiple_of` unset.
-
-    oneDNN builds (and keeps) kernels per matmul shape, so batches of every length cost time
-    and memory; on the README's benchmark CPU, short texts trained at 63.8 instead of 60.6
-    samples/s with a peak RSS of 1976 instead of 2693 MiB. (With plain float32 matmuls the same
-    padding was 10% slower: more padded tokens to compute.)
-    """
-    if datamodule.pad_to_multiple_of is None:
-        datamodule.pad_to_multiple_of = 8
-        log.info("Batches are padded to multiples of 8 (fewer matmul shapes for oneDNN).")
 
 
 def _build_module(cfg: DictConfig, datamodule: TextDataModule) -> TaskModule:
