@@ -129,7 +129,7 @@ def make_spec(
     settings: Settings,
     work_dir: Path,
 ) -> RunSpec:
-    from lmforge.resources import embedded_model_path
+    from lmforge.config.resources import embedded_model_path
 
     _, bf16 = CONTENDERS[contender]
     name = f"{data['shape']}-{contender}-seed{seed}"

@@ -31,7 +31,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 
 
 def _read_rows(split: str) -> list[dict[str, str]]:
-    from lmforge.resources import shipped_data
+    from lmforge.config.resources import shipped_data
 
     with open(shipped_data(f"debian_packages/{split}.csv"), newline="") as handle:
         return [{"text": row["text"], "label": row["label"]} for row in csv.DictReader(handle)]
@@ -108,7 +108,7 @@ def prepare_shape(
     import transformers
     from transformers import AutoTokenizer
 
-    from lmforge.resources import embedded_model_path
+    from lmforge.config.resources import embedded_model_path
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")

@@ -3,9 +3,9 @@
     python scripts/classification_baselines.py --data-dir src/lmforge/resources/debian_packages
 
 The regularisation strength C of the logistic regression is chosen on the validation split,
-never on the test split. The baselines live in `lmforge.baselines` (training runs put them in
-their before/after table); this prints them for a folder of CSV files. Needs scikit-learn:
-pip install 'lmforge[baselines]'.
+never on the test split. The baselines live in `lmforge.evaluation.baselines` (training runs
+put them in their before/after table); this prints them for a folder of CSV files. Needs
+scikit-learn: pip install 'lmforge[baselines]'.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lmforge.baselines import fit_tfidf_logreg, majority_label, require_sklearn
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.baselines import fit_tfidf_logreg, majority_label, require_sklearn
 
 
 def main() -> None:

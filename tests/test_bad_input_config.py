@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from lmforge.command_line import check_command_line
-from lmforge.config import validate_training_config
+from lmforge.config.command_line import check_command_line
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError
-from lmforge.task_families import TASK_FAMILIES
+from lmforge.tasks import FAMILIES
 from tests.conftest import compose_config, tiny_overrides, write_conll
 from tests.test_cli import ENV, script
 
@@ -254,18 +254,15 @@ def test_model_and_data_of_different_tasks(make_cfg):
 def test_the_metric_table_matches_the_task_classes_and_a_real_run(finished_run):
     import json
 
-    from lmforge.tasks import TASKS
-
-    assert {f.module for f in TASK_FAMILIES.values()} == {c.__name__ for c in TASKS.values()}
-    for task, cls in TASKS.items():
-        assert TASK_FAMILIES[task].module == cls.__name__
+    for name, family in FAMILIES.items():
+        assert family.module_class().task_name == name
     logged = json.loads((finished_run / "metrics.json").read_text())["validation"]
-    family = TASK_FAMILIES["text_classification"]
+    family = FAMILIES["text_classification"]
     assert logged and all(family.logs(key) for key in logged), logged
 
 
 def test_every_shipped_config_passes_the_fast_checks():
-    from lmforge.config import check_config
+    from lmforge.config.validation import check_config
 
     experiments = sorted(p.stem for p in (Path(__file__).parents[1] / "conf/experiment").iterdir())
     for overrides in [[], *[[f"experiment={e}"] for e in experiments], ["finetune=lora"]]:

@@ -14,21 +14,20 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lmforge import baselines as baselines_module
-from lmforge.baselines import C_GRID, fit_tfidf_logreg, majority_label, run_baselines
-from lmforge.comparison import (
+from lmforge.config.validation import validate_training_config
+from lmforge.data import TextClassificationDataModule, TokenClassificationDataModule
+from lmforge.errors import LmforgeError
+from lmforge.evaluation import baselines as baselines_module
+from lmforge.evaluation.baselines import C_GRID, fit_tfidf_logreg, majority_label, run_baselines
+from lmforge.evaluation.comparison import (
     _short_paths,
     comparison_rows,
     flipped_examples,
-    gold_labels,
     predict_labels,
     render_comparison,
     run_test_with_predictions,
     start_label,
 )
-from lmforge.config import validate_training_config
-from lmforge.data import TextClassificationDataModule, TokenClassificationDataModule
-from lmforge.errors import LmforgeError
 from lmforge.tasks import TextClassificationModule, TokenClassificationModule
 from lmforge.train import train
 from tests.conftest import TOPICS
@@ -184,7 +183,7 @@ def test_the_test_pass_gives_the_same_predictions_as_a_prediction_pass(classific
     metrics, predicted = run_test_with_predictions(pl.Trainer(**options), module, dm)
     assert predicted == separate
     assert sum(
-        p == g for p, g in zip(predicted, gold_labels(dm), strict=True)
+        p == g for p, g in zip(predicted, dm.gold_labels("test"), strict=True)
     ) / 30 == pytest.approx(metrics["test/acc"])
     # A pass over part of the split cannot stand in for the prediction pass.
     limited = pl.Trainer(**options, limit_test_batches=2)
@@ -229,7 +228,7 @@ def test_ner_probe_scores_entities_like_the_task(tmp_path, tiny_model, tiny_ner)
     names = ("precision", "recall", "f1", "f1_LANG", "f1_OS", "token_acc")
     assert set(probe["metrics"]) == {f"{s}/{n}" for s in ("val", "test") for n in names}
     assert all(0 <= v <= 1 for v in probe["metrics"].values())
-    assert probe["details"]["chosen_by"] == "validation entity F1"
+    assert probe["details"]["chosen_by"] == "val/f1"
     words = sum(len(row) for row in dm.splits["train"]["labels"])  # upper bound
     assert 0 < probe["details"]["train_rows"] < words
 
@@ -237,7 +236,9 @@ def test_ner_probe_scores_entities_like_the_task(tmp_path, tiny_model, tiny_ner)
 def test_language_models_have_no_baselines_here_and_missing_sklearn_is_explained(
     monkeypatch, classification
 ):
-    lm = SimpleNamespace(task_name="causal_lm")
+    from lmforge.tasks import FAMILIES
+
+    lm = SimpleNamespace(task_name="causal_lm", family=FAMILIES["causal_lm"])
     results = run_baselines(["majority", "frozen_probe"], lm, None)
     assert all("'before'" in r["skipped"] for r in results.values())
     dm, module = classification

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge import compatibility
-from lmforge.compatibility import strategy_problem
-from lmforge.config import check_config
+from lmforge.config import compatibility
+from lmforge.config.compatibility import strategy_problem
+from lmforge.config.validation import check_config
 from lmforge.errors import LmforgeError
 
 BROKEN = {"transformers": "5.24.0", "peft": "0.21.2"}

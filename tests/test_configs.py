@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from lmforge.resources import config_dir
+from lmforge.config.resources import config_dir
 from tests.conftest import compose_config
 
 CONF = config_dir()

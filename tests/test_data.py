@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+from lmforge.config.resources import sibling_split
 from lmforge.data import TextClassificationDataModule
 from lmforge.data.sampler import SeededBatchSampler
 from lmforge.errors import LmforgeError
-from lmforge.resources import sibling_split
 from tests.conftest import make_rows, write_csv
 
 
@@ -162,6 +162,25 @@ def test_tokenization_cache_hit_and_miss(tmp_path, tiny_model):
     write_csv(path, make_rows(30, 1))  # same name, new content
     assert build(tmp_path, tiny_model, train_file=str(path)).cache_hit is False
     assert len(list((tmp_path / "cache").glob("TextClassificationDataModule-*"))) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "meta"])
+def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, tiny_model, caplog, damage):
+    path = write_csv(tmp_path / "train.csv", make_rows(30, 0))
+    first = build(tmp_path, tiny_model, train_file=str(path))
+    expected = {split: list(dataset["input_ids"]) for split, dataset in first.splits.items()}
+    (entry,) = (tmp_path / "cache").glob("TextClassificationDataModule-*")
+    if damage == "truncate":  # a full disk or a partial copy: the arrow file cut short
+        arrow = next((entry / "data" / "train").glob("*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 3])
+    else:
+        (entry / "meta.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="lmforge.data.datamodule"):
+        again = build(tmp_path, tiny_model, train_file=str(path))
+    assert f"tokenization cache at {entry} cannot be read" in caplog.text
+    assert again.cache_hit is False
+    assert {split: list(ds["input_ids"]) for split, ds in again.splits.items()} == expected
+    assert build(tmp_path, tiny_model, train_file=str(path)).cache_hit is True  # rebuilt whole
 
 
 # ----- errors ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 
 from lmforge.distillation import Distillation, distillation_loss
 from lmforge.errors import LmforgeError
+from lmforge.runs import load_teacher
 from lmforge.tasks import TextClassificationModule, TokenClassificationModule
 from lmforge.train import train
 
@@ -64,12 +65,19 @@ def batch_of(labels: list[int]) -> dict[str, torch.Tensor]:
     }
 
 
-def student_with(tiny_model, teacher, alpha: float) -> TextClassificationModule:
-    return TextClassificationModule(
-        pretrained=str(tiny_model),
-        label_names=["sports", "cooking", "music"],
-        distill=Distillation(str(teacher), alpha=alpha, temperature=2.0),
+def distilled(student, teacher, **options):
+    """`student` learning from `teacher` (a path or hub name), as the training recipe sets it."""
+    Distillation(str(teacher), **options).attach(
+        student, load_teacher(str(teacher), student.family)
     )
+    return student
+
+
+def student_with(tiny_model, teacher, alpha: float) -> TextClassificationModule:
+    student = TextClassificationModule(
+        pretrained=str(tiny_model), label_names=["sports", "cooking", "music"]
+    )
+    return distilled(student, teacher, alpha=alpha, temperature=2.0)
 
 
 def test_alpha_one_gives_the_task_loss_and_no_gradient_reaches_the_teacher(
@@ -103,26 +111,23 @@ def test_alpha_one_gives_the_task_loss_and_no_gradient_reaches_the_teacher(
 
 
 def test_a_teacher_with_other_labels_or_a_multi_label_student_is_refused(tiny_model, teacher_dir):
+    names = ["sports", "cooking", "music"]
     with pytest.raises(LmforgeError, match=r"predicts the labels \['sports'.*must match"):
-        TextClassificationModule(
-            pretrained=str(tiny_model),
-            label_names=["a", "b", "c"],
-            distill=Distillation(str(teacher_dir)),
+        distilled(
+            TextClassificationModule(pretrained=str(tiny_model), label_names=["a", "b", "c"]),
+            teacher_dir,
         )
     with pytest.raises(LmforgeError, match="not available for text_classification"):
-        TextClassificationModule(
-            pretrained=str(tiny_model),
-            label_names=["sports", "cooking", "music"],
-            multi_label=True,
-            distill=Distillation(str(teacher_dir)),
+        multi = TextClassificationModule(
+            pretrained=str(tiny_model), label_names=names, multi_label=True
         )
+        distilled(multi, teacher_dir)
     with pytest.raises(LmforgeError, match=r"distill\.alpha must be in"):
         Distillation(str(teacher_dir), alpha=1.5)
     with pytest.raises(LmforgeError, match="neither an lmforge checkpoint nor a model"):
-        TextClassificationModule(
-            pretrained=str(tiny_model),
-            label_names=["sports", "cooking", "music"],
-            distill=Distillation("/no/such/teacher"),
+        distilled(
+            TextClassificationModule(pretrained=str(tiny_model), label_names=names),
+            "/no/such/teacher",
         )
 
 
@@ -130,11 +135,8 @@ def test_token_classification_distills_only_labelled_subwords(tiny_model, tmp_pa
     tags = ["O", "B-LANG", "I-LANG"]
     teacher = TokenClassificationModule(pretrained=str(tiny_model), label_names=tags)
     teacher.export_model().save_pretrained(tmp_path / "ner_teacher")
-    student = TokenClassificationModule(
-        pretrained=str(tiny_model),
-        label_names=tags,
-        distill=Distillation(str(tmp_path / "ner_teacher"), alpha=0.0, temperature=1.0),
-    ).eval()
+    student = TokenClassificationModule(pretrained=str(tiny_model), label_names=tags)
+    student = distilled(student, tmp_path / "ner_teacher", alpha=0.0, temperature=1.0).eval()
     student.log = lambda *a, **k: None
     batch = batch_of([0, 0])
     batch["labels"] = torch.tensor([[-100, 0, 1, 2, -100, -100, 0, 0, 0, -100]] * 2)

@@ -12,11 +12,11 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch.testing import assert_close
 
-from lmforge.checkpoints import load_task_module
-from lmforge.config import validate_training_config
+from lmforge.config.resources import config_dir
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError
 from lmforge.export import EXPORT_BATCH, export
-from lmforge.resources import config_dir
+from lmforge.runs import load_task_module
 from lmforge.train import train
 from tests.conftest import TINY_GPT2, compose_config, tiny_overrides
 from tests.test_cli import ENV, script

@@ -16,9 +16,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lmforge.callbacks import NonFiniteLoss
-from lmforge.checkpoints import AtomicCheckpointIO
 from lmforge.data.sampler import SeededBatchSampler
+from lmforge.runtime.callbacks import NonFiniteLoss
+from lmforge.runtime.checkpoints import AtomicCheckpointIO
 from lmforge.train import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.test_cli import ENV, script
@@ -205,11 +205,14 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_file_intact(
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 
-def test_runs_save_checkpoints_atomically(make_cfg):
-    from lmforge.train import _build_trainer
+def test_runs_save_checkpoints_atomically(make_cfg, tmp_path):
+    from lmforge.runtime.precision import settle_precision
+    from lmforge.runtime.trainer import build_trainer
 
-    trainer = _build_trainer(make_cfg(), [])
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    cfg = make_cfg()
+    settle_precision(cfg.trainer)
+    run = build_trainer(cfg, tmp_path, [], None)
+    assert isinstance(run.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_ctrl_c_outside_training_exits_without_a_traceback(tmp_path):

@@ -9,15 +9,15 @@ import logging
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
 
 from lmforge.errors import LmforgeError
-from lmforge.report import plot_run_curves, write_report
+from lmforge.reporting.report import plot_run_curves, write_report
 from lmforge.train import train
+from tests.test_cli import script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAILURE = "data.train_file='missing.csv': no such file (expected a .csv, .json or .parquet file)"
@@ -167,7 +167,7 @@ def test_mixed_metrics_nan_and_no_csv(sweep, tmp_path, caplog):
     assert "`b`: no curve, no csv/metrics.csv" in text
     assert_png(root / "report" / "learning_curves.png")
 
-    caplog.set_level(logging.INFO, logger="lmforge.report")
+    caplog.set_level(logging.INFO, logger="lmforge.reporting.report")
     assert plot_run_curves(other) is None
     assert "No learning curve: no csv/metrics.csv" in caplog.text
 
@@ -188,7 +188,7 @@ def test_no_runs_and_no_directory(tmp_path):
 
 
 def test_cli(sweep, tmp_path):
-    command = [sys.executable, "-m", "lmforge.report"]
+    command = [script("lmforge-report")]
     done = subprocess.run(
         [*command, str(sweep / "0"), "--out", str(tmp_path / "cli")],
         capture_output=True,

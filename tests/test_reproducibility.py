@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lmforge.reproducibility import (
+from lmforge.runtime.reproducibility import (
     RECORD_FILE,
     REQUIREMENTS_FILE,
     git_state,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import BertModel
 
-from lmforge.checkpoints import load_task_module
-from lmforge.compatibility import strategy_problem
+from lmforge.config.compatibility import strategy_problem
 from lmforge.errors import LmforgeError
+from lmforge.runs import load_task_module
 from lmforge.strategies import IA3, Freeze, Full, Lora, PrefixTuning, PromptTuning
 from lmforge.tasks import (
     CausalLMModule,

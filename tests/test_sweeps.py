@@ -19,7 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from lmforge.errors import LmforgeError
-from lmforge.report import write_report
+from lmforge.reporting.report import write_report
 from lmforge.sweep import (
     OptunaSweeper,
     distribution_for,

@@ -9,10 +9,10 @@ import torch
 from torch.testing import assert_close
 
 from lmforge.data import TokenClassificationDataModule
-from lmforge.data.token_classification import align_labels, read_conll
 from lmforge.errors import LmforgeError
-from lmforge.tasks.metrics import EntityScores
-from lmforge.tasks.token_classification import entity_spans
+from lmforge.tasks.token_classification.data import align_labels, read_conll
+from lmforge.tasks.token_classification.metrics import EntityScores
+from lmforge.tasks.token_classification.module import entity_spans
 from lmforge.train import train
 from tests.conftest import make_conll_sentences, write_conll
 
@@ -191,8 +191,8 @@ def test_entity_spans_map_tags_back_to_words():
 
 
 def test_tag_words_returns_one_tag_per_word(make_cfg, tmp_path, tiny_ner):
-    from lmforge.checkpoints import load_task_module
     from lmforge.data.datamodule import load_tokenizer
+    from lmforge.runs import load_task_module
 
     train(
         make_cfg(

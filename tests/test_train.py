@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch.testing import assert_close
 
-from lmforge import precision as precision_module
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate
-from lmforge.rundir import prepare_resume
+from lmforge.runtime import precision as precision_module
+from lmforge.runtime.rundir import prepare_resume
 from lmforge.train import train
 
 
@@ -388,7 +388,7 @@ def test_the_default_precision_is_logged_recorded_and_rebuilt_from_config_yaml(
         "compare.baselines=[]",
     )
     expected = "bf16-mixed" if bf16_cpu else "32-true"
-    with caplog.at_level(logging.INFO, logger="lmforge.precision"):
+    with caplog.at_level(logging.INFO, logger="lmforge.runtime.precision"):
         train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     metrics = read_metrics(run_dir)

@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
+from lmforge.config.resources import config_dir, job_name, sweep_group
 from lmforge.loggers import publish_run_results
-from lmforge.resources import config_dir, job_name, sweep_group
-from lmforge.rundir import prepare_resume
+from lmforge.runtime.rundir import prepare_resume
 from lmforge.train import train
 
 wandb = pytest.importorskip("wandb")

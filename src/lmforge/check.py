@@ -20,8 +20,8 @@ import hydra
 from omegaconf import DictConfig
 
 from lmforge.cli import check_arguments, user_errors
-from lmforge.config import validate_training_config
-from lmforge.resources import config_dir
+from lmforge.config.resources import config_dir
+from lmforge.config.validation import validate_training_config
 
 SPLIT_ORDER = ("train", "validation", "test")
 

@@ -6,6 +6,7 @@ fast; the heavy modules load only when a run starts.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -17,9 +18,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmforge.config import validate_training_config
+from lmforge.config.resources import config_dir, multirun_hydra
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError, RunInterrupted
-from lmforge.resources import config_dir, multirun_hydra
 
 log = logging.getLogger("lmforge")
 
@@ -73,7 +74,7 @@ def run_training(cfg: DictConfig) -> float | None:
     with user_errors():
         ckpt_path = None
         if cfg.resume:
-            from lmforge.rundir import prepare_resume
+            from lmforge.runtime.rundir import prepare_resume
 
             others = [o for o in _task_overrides() if not o.startswith(("resume=", "hydra."))]
             cfg, ckpt_path = prepare_resume(cfg, others)
@@ -117,8 +118,8 @@ def run_export(cfg: DictConfig) -> None:
 
 def check_arguments(config_name: str) -> None:
     """Refuse unknown keys and options, and run directories that must not be written, before
-    Hydra composes the config and creates a run directory (see lmforge.command_line)."""
-    from lmforge.command_line import check_command_line
+    Hydra composes the config and creates a run directory (see lmforge.config.command_line)."""
+    from lmforge.config.command_line import check_command_line
 
     with user_errors():
         check_command_line(config_name, sys.argv[1:])
@@ -154,3 +155,35 @@ def export_main() -> None:
     hydra.main(config_path=str(config_dir()), config_name="export", version_base="1.3")(
         run_export
     )()
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """`lmforge-report <run-or-sweep-dir> [--out DIR] [--metric KEY] [--mode max|min]`."""
+    parser = argparse.ArgumentParser(
+        prog="lmforge-report",
+        description=(
+            "Summarise finished runs: report.csv, report.md and plots (learning curves, the "
+            "optimized metric against each swept hyperparameter, the best run's confusion "
+            "matrix). Works on one run directory, a multirun or an Optuna sweep directory."
+        ),
+    )
+    parser.add_argument("dir", help="a run directory or a directory of runs (multirun, sweep)")
+    parser.add_argument("--out", help="where the report goes (default: <dir>/report)")
+    parser.add_argument(
+        "--metric",
+        help="metric that sorts the runs, e.g. val/f1_macro or test/acc "
+        "(default: the runs' optimized_metric)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["max", "min"],
+        help="whether higher or lower is better (default: the runs' optimized_mode)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from lmforge.reporting.report import build_report
+
+    with user_errors():
+        report = build_report(args.dir, args.out, args.metric, args.mode)
+    for path in report.files:
+        print(path)

@@ -8,17 +8,13 @@ term's gradients on the scale of the task loss's as T changes).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import LmforgeError
-
-if TYPE_CHECKING:
-    from lmforge.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +63,15 @@ class Distillation:
             raise LmforgeError("distill: the teacher is not loaded (attach it to a task first).")
         return self._teacher
 
-    def attach(self, student: TaskModule) -> None:
-        """Load the teacher for `student` and check that the two can be compared."""
+    def attach(self, student: Any, teacher: nn.Module) -> None:
+        """Take `teacher` for `student` (a task module) after checking that the two can be
+        compared: same vocabulary, same labels in the same order."""
         if not student.supports_distillation():
             raise LmforgeError(
                 f"distill.teacher is set, but distillation is not available for "
-                f"{student.task_name} runs of this kind (it works for single-label text "
-                "classification and token classification)."
+                f"{student.task_name} runs of this kind (it needs a softmax over labels: "
+                "single-label classification or tagging)."
             )
-        teacher = self._load(student)
         student_vocab = student.model.config.vocab_size
         if teacher.config.vocab_size != student_vocab:
             raise LmforgeError(
@@ -92,27 +88,12 @@ class Distillation:
         teacher.eval()
         teacher.requires_grad_(False)
         self._teacher = teacher
+        student.distill = self
         log.info("Distilling from %s (alpha=%s, T=%s)", self.source, self.alpha, self.temperature)
-
-    def _load(self, student: TaskModule) -> nn.Module:
-        from lmforge.checkpoints import load_task_module
-
-        path = Path(self.source).expanduser()
-        if path.is_dir() and (path / "checkpoints" / "best.ckpt").is_file():
-            path = path / "checkpoints" / "best.ckpt"
-        if path.is_file():
-            return load_task_module(path, expected_task=student.task_name).export_model()
-        try:
-            return student.auto_class.from_pretrained(self.source)
-        except Exception as err:
-            raise LmforgeError(
-                f"distill.teacher={self.source!r} is neither an lmforge checkpoint nor a model "
-                f"{student.auto_class.__name__} can load: {err}"
-            ) from err
 
     def combined_loss(
         self,
-        student: TaskModule,
+        student: Any,
         task_loss: torch.Tensor,
         student_logits: torch.Tensor,
         batch: dict[str, Any],

@@ -11,19 +11,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.errors import LmforgeError
-from lmforge.precision import settle_precision
-from lmforge.rundir import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    TOKENIZER_DIR,
-    check_checkpoint_run,
-    record_config,
-    write_json,
-)
+from lmforge.runs import TrainedRun, load_run
+from lmforge.runtime.precision import settle_precision
+from lmforge.runtime.rundir import CONFIG_FILE, METRICS_FILE, record_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +27,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise LmforgeError(
             "ckpt_path must name a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt"
         )
-    module = load_task_module(cfg.ckpt_path)
-    source = run_dir_of(cfg.ckpt_path)
-    if not (source / CONFIG_FILE).is_file():
-        raise LmforgeError(
-            f"ckpt_path={cfg.ckpt_path!r}: its run directory {source} holds no {CONFIG_FILE}; "
-            "lmforge-eval needs the run directory a checkpoint was saved in."
-        )
-    check_checkpoint_run(cfg.ckpt_path, module.task_name, source)
+    run = load_run(str(cfg.ckpt_path), "lmforge-eval")
+    module = run.module
     if cfg.test_file:
-        _check_test_file(str(cfg.test_file), module.task_name, source)
+        _check_test_file(str(cfg.test_file), run)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_config(run_dir, cfg)
 
-    data_cfg = OmegaConf.load(source / CONFIG_FILE).data
-    data_cfg.tokenizer = str(source / TOKENIZER_DIR)
+    data_cfg = run.data_config()
     data_cfg.cache_dir = f"{cfg.paths.cache_dir}/tokenized"
-    if hasattr(module, "label_names"):
-        data_cfg.label_names = list(module.label_names)
+    # The model's own label names (and the like), so the test data is encoded alike.
+    for key, value in module.data_settings().items():
+        data_cfg[key] = value
     if cfg.test_file:
         data_cfg.test_file = str(cfg.test_file)
     data_cfg.max_test_samples = cfg.max_test_samples
@@ -68,9 +55,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         # The data settings are the run's, not the user's: say where they come from.
         raise LmforgeError(
             f"test_file={str(cfg.test_file)!r} does not fit the checkpoint's "
-            f"{module.task_name} run (its data settings come from {source / CONFIG_FILE}): {err}"
+            f"{module.task_name} run (its data settings come from {run.run_dir / CONFIG_FILE}): "
+            f"{err}"
         ) from err
 
+    if cfg.trainer.get("precision") == "auto":
+        # The precision the run was tested with, so the same checkpoint gives the same numbers;
+        # trainer.precision=<value> on the command line evaluates in another.
+        run_precision = OmegaConf.select(run.config, "trainer.precision", default="auto")
+        with open_dict(cfg):
+            cfg.trainer.precision = run_precision
     settle_precision(cfg.trainer)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, datamodule=datamodule, verbose=False)
@@ -90,16 +84,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _check_test_file(test_file: str, task: str, source: Path) -> None:
+def _check_test_file(test_file: str, run: TrainedRun) -> None:
     """A test file in a format the checkpoint's task does not read is data of another task
     (CoNLL for a classifier): say so before anything is read or written."""
-    reader = get_class(OmegaConf.load(source / CONFIG_FILE).data._target_)
+    reader = get_class(run.config.data._target_)
     suffix = Path(test_file).suffix.lower()
     supported = getattr(reader, "supported_suffixes", None)
     if supported is not None and suffix not in supported:
         raise LmforgeError(
             f"test_file={test_file!r} is a {suffix or 'suffix-less'} file, which the checkpoint's "
-            f"task ({task}, read by {reader.__name__}) does not read; expected one of "
-            f"{', '.join(supported)}, with the run's columns. Is it data of "
-            "another task?"
+            f"task ({run.module.task_name}, read by {reader.__name__}) does not read; expected "
+            f"one of {', '.join(supported)}, with the run's columns. Is it data of another task?"
         )

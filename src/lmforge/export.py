@@ -2,10 +2,11 @@
 module, checked against the PyTorch model on real inputs.
 
 The export folder is self-contained: the model, the run's tokenizer, `lmforge.json` (what
-`lmforge-predict` and a user need to run it: task, labels, inputs, max_length) and
-`parity.json`, the largest logit difference between the exported model and the training
-module on batches of shapes other than the one traced. Parity beyond `tolerance` is an error;
-the files are kept for inspection.
+`lmforge-predict` and a user need to run it: the task, the run's settings such as labels and
+max_length, the inputs and outputs) and `parity.json`, the largest difference of every output
+the task family exports (its spec's `export_outputs`) between the exported model and the
+training module, on batches of shapes other than the one traced. Parity beyond `tolerance` is
+an error; the files are kept for inspection.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge import __version__
-from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, check_checkpoint_run, write_json, write_new
-from lmforge.tasks import TASKS, TaskModule
+from lmforge.positions import usable_positions
+from lmforge.runs import TrainedRun, load_run
+from lmforge.runtime.rundir import EXPORT_SETTINGS_FILE, write_json, write_new
+from lmforge.tasks.base import TaskModule
+from lmforge.tasks.spec import TaskFamily
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,10 @@ FORMATS = ("hf", "onnx", "torchscript")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # The ONNX exporter's optimizer logs every rewrite at INFO: hundreds of lines per export.
 ONNX_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
-INFO_FILE = "lmforge.json"
 PARITY_FILE = "parity.json"
 MODEL_FILES = {"hf": None, "onnx": "model.onnx", "torchscript": "model.pt"}
 # Positional order of the exported inputs (TorchScript and ONNX take them in this order).
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
-# Language models train on ids and mask only; a WordPiece tokenizer's token_type_ids would
-# add an embedding GPT-2 never saw.
-LM_TASKS = ("causal_lm", "masked_lm")
 
 # Tokens per row and padded width of the traced example (its second row is padded, so the
 # trace records the masking path), and of the check batches: other batch sizes and lengths,
@@ -70,7 +68,8 @@ BUILTIN_TEXTS = (
 )
 
 Batch = dict[str, torch.Tensor]
-Runner = Callable[[Batch], torch.Tensor]
+# Runs an exported model on a batch: its outputs, in the order of the family's export_outputs.
+Runner = Callable[[Batch], tuple[torch.Tensor, ...]]
 Text = tuple[str, str | None]
 
 
@@ -78,20 +77,21 @@ def export(cfg: DictConfig) -> Path:
     """Export `cfg.ckpt_path` in `cfg.format`, check parity and return the export folder."""
     fmt = _check_options(cfg)
     out = _output_dir(cfg)
-    module = load_task_module(cfg.ckpt_path).eval()
-    check_checkpoint_run(cfg.ckpt_path, module.task_name, run_dir_of(cfg.ckpt_path))
-    data_cfg = _run_data_config(cfg, run_dir_of(cfg.ckpt_path))
-    model = module.export_model().eval()  # a copy with any adapter merged
-    tokenizer, input_names = _export_tokenizer(module.task_name, model, data_cfg.tokenizer)
-    example, checks = _parity_batches(tokenizer, _parity_texts(cfg, data_cfg), input_names, model)
+    run = load_run(str(cfg.ckpt_path), "lmforge-export")
+    family, settings = run.family, run.settings()
+    model = run.module.export_model().eval()  # a copy with any adapter merged
+    tokenizer, input_names = _export_tokenizer(family, model, str(run.tokenizer_dir))
+    texts = _parity_texts(cfg, run, settings)
+    example, checks = _parity_batches(tokenizer, texts, input_names, model)
 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
     log.info("Exporting %s as %s to %s", cfg.ckpt_path, fmt, out)
-    run_exported = _save_model(fmt, model, example, input_names, out, cfg, module.task_name)
-    _write_info(out, cfg, fmt, module, model, data_cfg, input_names)
-    _write_model_card(out, fmt, module.task_name, cfg.ckpt_path, input_names)
-    report = check_parity(module, run_exported, checks, fmt, float(cfg.tolerance))
+    exported = ExportedModel(model, input_names, family.export_outputs)
+    run_exported = _save_model(fmt, exported, example, out, cfg, family)
+    _write_info(out, cfg, fmt, family, model, settings, input_names)
+    _write_model_card(out, fmt, family, cfg.ckpt_path, input_names)
+    report = check_parity(run.module, run_exported, checks, family, fmt, float(cfg.tolerance))
     _record_parity(out, report)
     return out
 
@@ -155,35 +155,18 @@ def _output_dir(cfg: DictConfig) -> Path:
     return out
 
 
-def _run_data_config(cfg: DictConfig, source: Path) -> DictConfig:
-    """The data section of the checkpoint's run, with the run's saved tokenizer."""
-    if not (source / CONFIG_FILE).is_file():
-        raise LmforgeError(
-            f"ckpt_path={cfg.ckpt_path!r}: its run directory {source} holds no {CONFIG_FILE}; "
-            "lmforge-export needs the run directory a checkpoint was saved in."
-        )
-    if not (source / TOKENIZER_DIR).is_dir():
-        raise LmforgeError(
-            f"ckpt_path={cfg.ckpt_path!r}: its run directory {source} holds no "
-            f"{TOKENIZER_DIR}/ folder; the export ships the run's tokenizer."
-        )
-    data_cfg = OmegaConf.load(source / CONFIG_FILE).data
-    data_cfg.tokenizer = str(source / TOKENIZER_DIR)
-    return data_cfg
-
-
 # ----- tokenizer and inputs -------------------------------------------------------------------
 def _export_tokenizer(
-    task: str, model: PreTrainedModel, tokenizer_dir: str
+    family: TaskFamily, model: PreTrainedModel, tokenizer_dir: str
 ) -> tuple[PreTrainedTokenizerBase, list[str]]:
     """The run's tokenizer, set to give exactly the exported model's inputs, and their names
-    in `INPUT_ORDER`: what the tokenizer gives and the model's forward accepts (language
-    models: ids and mask, as in training)."""
+    in `INPUT_ORDER`: what the tokenizer gives and the model's forward accepts (no token type
+    ids for families whose models train without them)."""
     try:
         produced = AutoTokenizer.from_pretrained(tokenizer_dir).model_input_names
         accepted = inspect.signature(model.forward).parameters
         names = [n for n in INPUT_ORDER if n in produced and n in accepted]
-        if task in LM_TASKS:
+        if not family.token_type_ids:
             names = [n for n in names if n != "token_type_ids"]
         # Passed at load, the names are saved with the tokenizer (an attribute set later is not).
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, model_input_names=names)
@@ -200,9 +183,8 @@ def _export_tokenizer(
 
 
 def _position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The longest sequence the model takes (position embeddings), capped by the tokenizer."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512)
+    """The longest sequence the model takes (its positions), capped by the tokenizer."""
+    limit = usable_positions(model.config.to_dict()) or tokenizer.model_max_length
     return int(min(limit, tokenizer.model_max_length))
 
 
@@ -243,10 +225,10 @@ def _encode(
     return {name: batch[name] for name in input_names}
 
 
-def _parity_texts(cfg: DictConfig, data_cfg: DictConfig) -> list[Text]:
+def _parity_texts(cfg: DictConfig, run: TrainedRun, settings: dict[str, Any]) -> list[Text]:
     """Texts for the example and the check batches: `parity_texts`, else the run's data,
     else built-in sentences. Sentence-pair models get a second text per row."""
-    pair_model = bool(data_cfg.get("text_pair_column"))
+    pair_model = bool(settings.get("text_pair_column"))
     if cfg.parity_texts:
         path = Path(str(cfg.parity_texts)).expanduser()
         if not path.is_file():
@@ -255,7 +237,7 @@ def _parity_texts(cfg: DictConfig, data_cfg: DictConfig) -> list[Text]:
         if not lines:
             raise LmforgeError(f"parity_texts={cfg.parity_texts!r}: the file holds no text.")
         return _as_rows(lines, pair_model)
-    rows = _data_texts(data_cfg)
+    rows = _data_texts(run, settings)
     if rows:
         return rows
     log.info("No readable data file in the run's config; checking parity on built-in sentences.")
@@ -269,15 +251,15 @@ def _as_rows(texts: list[str], pair_model: bool) -> list[Text]:
     return [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)]
 
 
-def _data_texts(data_cfg: DictConfig, wanted: int = 8) -> list[Text]:
+def _data_texts(run: TrainedRun, settings: dict[str, Any], wanted: int = 8) -> list[Text]:
     """Up to `wanted` texts of the run's validation, test or training file (the first that
     reads), through the run's own datamodule reader; [] when none can be read."""
     try:
-        datamodule = instantiate(data_cfg)
+        datamodule = run.datamodule()
     except Exception as err:
         log.info("The run's data config could not be instantiated for parity texts: %s", err)
         return []
-    pair_column = getattr(datamodule, "text_pair_column", None)
+    pair_column = settings.get("text_pair_column")
     for split in ("validation", "test", "train"):
         path = datamodule.sources.get(f"{split}_file")
         if not path or not Path(str(path)).is_file():
@@ -288,10 +270,11 @@ def _data_texts(data_cfg: DictConfig, wanted: int = 8) -> list[Text]:
             log.info("Parity texts: %s", err)
             continue
         # Read after read_file: CoNLL and .txt readers set the column they produced.
-        words_column = getattr(datamodule, "token_column", None)
+        column = datamodule.run_settings()["text_column"]
         rows: list[Text] = []
         for row in dataset.select(range(min(len(dataset), 10 * wanted))):
-            text = " ".join(row[words_column]) if words_column else row[datamodule.text_column]
+            text = row[column]
+            text = " ".join(map(str, text)) if isinstance(text, list) else text  # words
             if isinstance(text, str) and text.strip():
                 rows.append((text, str(row[pair_column]) if pair_column else None))
             if len(rows) == wanted:
@@ -303,16 +286,19 @@ def _data_texts(data_cfg: DictConfig, wanted: int = 8) -> list[Text]:
 
 
 # ----- exporters: each saves the model and returns a function running the saved file ----------
-class LogitsOnly(nn.Module):
-    """The model as tracing and ONNX want it: tensors in `INPUT_ORDER` in, logits out (no
-    output dict, no cache)."""
+class ExportedModel(nn.Module):
+    """The model as tracing and ONNX want it: tensors in `INPUT_ORDER` in, the family's export
+    outputs out as a tuple (no output dict, no cache)."""
 
-    def __init__(self, model: PreTrainedModel, input_names: list[str]) -> None:
+    def __init__(
+        self, model: PreTrainedModel, input_names: list[str], output_names: tuple[str, ...]
+    ) -> None:
         super().__init__()
         self.model = model
         self.input_names = list(input_names)
+        self.output_names = tuple(output_names)
         accepted = inspect.signature(model.forward).parameters
-        self.options = {"return_dict": False}
+        self.options = {"return_dict": True}
         if "use_cache" in accepted:
             self.options["use_cache"] = False
 
@@ -321,55 +307,47 @@ class LogitsOnly(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, ...]:
         given = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
         }
         inputs = {name: given[name] for name in self.input_names}
-        return self.model(**inputs, **self.options)[0]  # (batch, labels) or (batch, seq, n)
+        outputs = self.model(**inputs, **self.options)
+        return tuple(outputs[name] for name in self.output_names)
 
 
 def _export_hf(
-    model: PreTrainedModel,
-    example: Batch,
-    input_names: list[str],
-    out: Path,
-    cfg: DictConfig,
-    task: str,
+    exported: ExportedModel, example: Batch, out: Path, cfg: DictConfig, family: TaskFamily
 ) -> Runner:
     """save_pretrained (adapters already merged); the check reloads it through its Auto class."""
-    model.save_pretrained(out)
-    reloaded = TASKS[task].auto_class.from_pretrained(out).eval()
-    return lambda batch: reloaded(**batch).logits
+    exported.model.save_pretrained(out)
+    reloaded = family.auto_model_class().from_pretrained(out).eval()
+    return lambda batch: tuple(reloaded(**batch)[name] for name in exported.output_names)
 
 
 def _export_onnx(
-    model: PreTrainedModel,
-    example: Batch,
-    input_names: list[str],
-    out: Path,
-    cfg: DictConfig,
-    task: str,
+    exported: ExportedModel, example: Batch, out: Path, cfg: DictConfig, family: TaskFamily
 ) -> Runner:
     """torch.onnx (dynamo exporter) with dynamic batch and sequence axes; checked in
     onnxruntime. Weights stay inside model.onnx unless past protobuf's 2 GB limit."""
     import onnxruntime
 
     path = out / MODEL_FILES["onnx"]
-    model.config.save_pretrained(out)
+    exported.model.config.save_pretrained(out)
+    names = exported.input_names
     batch_dim, sequence_dim = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in exported.parameters())
     with warnings.catch_warnings(), _quiet(ONNX_CHATTY_LOGGERS):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            LogitsOnly(model, input_names).eval(),
-            tuple(example[name] for name in input_names),
+            exported.eval(),
+            tuple(example[name] for name in names),
             str(path),
-            input_names=input_names,
-            output_names=["logits"],
-            dynamic_shapes={name: {0: batch_dim, 1: sequence_dim} for name in input_names},
+            input_names=names,
+            output_names=list(exported.output_names),
+            dynamic_shapes={name: {0: batch_dim, 1: sequence_dim} for name in names},
             opset_version=int(cfg.onnx_opset),
             external_data=size >= 2**31 - 2**26,
             dynamo=True,
@@ -378,36 +356,33 @@ def _export_onnx(
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     graph_inputs = [i.name for i in session.get_inputs()]
 
-    def run(batch: Batch) -> torch.Tensor:
+    def run(batch: Batch) -> tuple[torch.Tensor, ...]:
         feeds = {name: batch[name].numpy() for name in graph_inputs}
-        return torch.from_numpy(session.run(["logits"], feeds)[0])
+        results = session.run(list(exported.output_names), feeds)
+        return tuple(torch.from_numpy(result) for result in results)
 
     return run
 
 
 def _export_torchscript(
-    model: PreTrainedModel,
-    example: Batch,
-    input_names: list[str],
-    out: Path,
-    cfg: DictConfig,
-    task: str,
+    exported: ExportedModel, example: Batch, out: Path, cfg: DictConfig, family: TaskFamily
 ) -> Runner:
     """torch.jit.trace on the example; the tracer freezes Python decisions on shapes, which is
     what the check on other shapes is for. Checked after torch.jit.load."""
     path = out / MODEL_FILES["torchscript"]
-    model.config.save_pretrained(out)
+    exported.model.config.save_pretrained(out)
+    names = exported.input_names
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(
-            LogitsOnly(model, input_names).eval(),
-            tuple(example[name] for name in input_names),
+            exported.eval(),
+            tuple(example[name] for name in names),
             strict=False,
             check_trace=False,
         )
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path), map_location="cpu").eval()
-    return lambda batch: loaded(*(batch[name] for name in input_names))
+    return lambda batch: tuple(loaded(*(batch[name] for name in names)))
 
 
 @contextlib.contextmanager
@@ -431,15 +406,15 @@ EXPORTERS: dict[str, Callable[..., Runner]] = {
 }
 
 
-def _save_model(fmt: str, model: PreTrainedModel, *args: Any) -> Runner:
+def _save_model(fmt: str, exported: ExportedModel, *args: Any) -> Runner:
     """Run the format's exporter; its failures become one readable error."""
     try:
-        return EXPORTERS[fmt](model, *args)
+        return EXPORTERS[fmt](exported, *args)
     except LmforgeError:
         raise
     except Exception as err:
         raise LmforgeError(
-            f"format={fmt}: exporting this {model.config.model_type} model failed "
+            f"format={fmt}: exporting this {exported.model.config.model_type} model failed "
             f"({type(err).__name__}: {str(err).strip().splitlines()[0]}); set "
             "HYDRA_FULL_ERROR=1 for the full trace, or try another format."
         ) from err
@@ -447,13 +422,13 @@ def _save_model(fmt: str, model: PreTrainedModel, *args: Any) -> Runner:
 
 # ----- parity ---------------------------------------------------------------------------------
 def max_abs_diff(reference: torch.Tensor, exported: torch.Tensor, mask: torch.Tensor) -> float:
-    """Largest absolute logit difference; per-token logits only where `mask` has a token
-    (padding positions carry no prediction). Shape mismatch or NaN count as infinite."""
+    """Largest absolute difference of one output; per-token outputs only where `mask` has a
+    token (padding positions carry no prediction). Shape mismatch or NaN count as infinite."""
     if reference.shape != exported.shape:
         return math.inf
     difference = (reference.float() - exported.float()).abs()
-    if difference.dim() == 3:  # (batch, seq, n): keep the positions that hold tokens
-        difference = difference[mask.bool()]
+    if difference.dim() >= 2 and difference.shape[:2] == mask.shape:
+        difference = difference[mask.bool()]  # (batch, seq, ...): the positions with a token
     value = float(difference.max()) if difference.numel() else 0.0
     return value if math.isfinite(value) else math.inf
 
@@ -462,24 +437,37 @@ def check_parity(
     module: TaskModule,
     run_exported: Runner,
     batches: list[Batch],
+    family: TaskFamily,
     fmt: str,
     tolerance: float,
 ) -> dict[str, Any]:
-    """Run the training module and the exported model on each batch; the parity record."""
+    """Run the training module and the exported model on each batch and compare every output
+    the family exports; the parity record."""
     inputs, worst = [], 0.0
     with torch.no_grad():
         for batch in batches:
-            reference = module.model(**batch).logits
-            diff = max_abs_diff(reference, run_exported(batch), batch["attention_mask"])
+            reference = module.model(**batch)
+            exported = run_exported(batch)
+            diffs = {
+                name: max_abs_diff(reference[name], output, batch["attention_mask"])
+                for name, output in zip(family.export_outputs, exported, strict=True)
+            }
+            diff = max(diffs.values())
             padded = bool((batch["attention_mask"] == 0).any())
             inputs.append(
-                {"shape": list(batch["input_ids"].shape), "padded": padded, "max_abs_diff": diff}
+                {
+                    "shape": list(batch["input_ids"].shape),
+                    "padded": padded,
+                    "max_abs_diff": diff,
+                    "outputs": diffs,
+                }
             )
             worst = max(worst, diff)
     for record in inputs:
         log.info("Parity %s on %s: max |diff| %.3g", fmt, record["shape"], record["max_abs_diff"])
     return {
         "format": fmt,
+        "outputs": list(family.export_outputs),
         "max_abs_diff": worst if math.isfinite(worst) else None,
         "tolerance": tolerance,
         "inputs": inputs,
@@ -495,8 +483,8 @@ def _record_parity(out: Path, report: dict[str, Any]) -> None:
         found = f"by up to {diff} in" if diff is not None else "with non-finite or misshaped"
         raise LmforgeError(
             f"Parity check failed: the {fmt} export differs from the PyTorch model {found} "
-            f"the logits, above tolerance={tolerance} (see {out / PARITY_FILE}; the files are kept "
-            "for inspection). Check the export, or raise `tolerance=` if the difference is "
+            f"its outputs, above tolerance={tolerance} (see {out / PARITY_FILE}; the files are "
+            "kept for inspection). Check the export, or raise `tolerance=` if the difference is "
             "acceptable for this model."
         )
     log.info("Exported %s to %s; parity max |diff| %.3g <= %g", fmt, out, diff, tolerance)
@@ -507,31 +495,25 @@ def _write_info(
     out: Path,
     cfg: DictConfig,
     fmt: str,
-    module: TaskModule,
+    family: TaskFamily,
     model: PreTrainedModel,
-    data_cfg: DictConfig,
+    settings: dict[str, Any],
     input_names: list[str],
 ) -> None:
-    """lmforge.json: what running the export needs beyond the model and tokenizer."""
-    max_length = data_cfg.max_length if "max_length" in data_cfg else data_cfg.get("block_size")
-    text_column = data_cfg.get("text_column") or data_cfg.get("token_column")
+    """lmforge.json: what running the export needs beyond the model and tokenizer (the run's
+    settings, as `lmforge-predict` reads them from a checkpoint's run)."""
     write_json(
         out,
-        INFO_FILE,
+        EXPORT_SETTINGS_FILE,
         {
-            "task": module.task_name,
+            "task": family.name,
             "format": fmt,
             "model_file": MODEL_FILES[fmt],
             "inputs": input_names,
-            "output": "logits",
-            "labels": list(getattr(module, "label_names", None) or []) or None,
-            "max_length": max_length,
-            "multi_label": bool(getattr(module, "multi_label", False)),
-            "threshold": getattr(module, "threshold", None),
-            "text_column": text_column,
-            "text_pair_column": data_cfg.get("text_pair_column"),
-            "auto_class": module.auto_class.__name__,
-            "pipeline_task": module.pipeline_task,
+            "outputs": list(family.export_outputs),
+            **settings,
+            "auto_class": family.auto_class,
+            "pipeline_task": family.pipeline_tag,
             "model_type": model.config.model_type,
             "source_checkpoint": str(Path(str(cfg.ckpt_path)).expanduser().resolve()),
             "lmforge_version": __version__,
@@ -540,11 +522,11 @@ def _write_info(
 
 
 def _write_model_card(
-    out: Path, fmt: str, task: str, ckpt_path: str, input_names: list[str]
+    out: Path, fmt: str, family: TaskFamily, ckpt_path: str, input_names: list[str]
 ) -> None:
     """A short README.md: where the model comes from and how to run it."""
-    auto_class, pipeline_task = TASKS[task].auto_class.__name__, TASKS[task].pipeline_task
     folder = "path/to/this/folder"
+    outputs = ", ".join(family.export_outputs)
     load_tokenizer = (
         "from transformers import AutoTokenizer\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n'
@@ -552,28 +534,28 @@ def _write_model_card(
     usage = {
         "hf": (
             "from transformers import pipeline\n"
-            f'model = pipeline("{pipeline_task}", model="{folder}")\n'
-            f'# or: transformers.{auto_class}.from_pretrained("{folder}")'
+            f'model = pipeline("{family.pipeline_tag}", model="{folder}")\n'
+            f'# or: transformers.{family.auto_class}.from_pretrained("{folder}")'
         ),
         "onnx": (
             f"import onnxruntime\n{load_tokenizer}"
             f'session = onnxruntime.InferenceSession("{folder}/model.onnx")\n'
             'inputs = dict(tokenizer(["some text"], return_tensors="np"))\n'
-            'logits = session.run(["logits"], inputs)[0]'
+            f"{outputs} = session.run({list(family.export_outputs)!r}, inputs)"
         ),
         "torchscript": (
             f"import torch\n{load_tokenizer}"
             f'model = torch.jit.load("{folder}/model.pt")\n'
             'inputs = tokenizer(["some text"], return_tensors="pt")\n'
-            f"logits = model({', '.join(f'inputs[{n!r}]' for n in input_names)})"
+            f"{outputs}, = model({', '.join(f'inputs[{n!r}]' for n in input_names)})"
         ),
     }[fmt]
-    header = f"---\nlibrary_name: transformers\npipeline_tag: {pipeline_task}\n---\n\n"
+    header = f"---\nlibrary_name: transformers\npipeline_tag: {family.pipeline_tag}\n---\n\n"
     text = (
-        f"{header if fmt == 'hf' else ''}# {task.replace('_', ' ')} model ({fmt})\n\n"
-        f"Exported by lmforge {__version__} from `{ckpt_path}`. `{INFO_FILE}` records the task, "
-        f"labels, inputs and maximum length; `{PARITY_FILE}` the largest logit difference from "
-        "the PyTorch model on real inputs.\n\n"
+        f"{header if fmt == 'hf' else ''}# {family.name.replace('_', ' ')} model ({fmt})\n\n"
+        f"Exported by lmforge {__version__} from `{ckpt_path}`. `{EXPORT_SETTINGS_FILE}` records "
+        f"the task, labels, inputs, outputs and maximum length; `{PARITY_FILE}` the largest "
+        "difference of each output from the PyTorch model on real inputs.\n\n"
         f"```python\n{usage}\n```\n"
     )
     write_new(out / "README.md", text)

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from lmforge.rundir import PREDICTIONS_FILE
+from lmforge.runtime.rundir import PREDICTIONS_FILE
 
 log = logging.getLogger(__name__)
 

@@ -1,80 +1,43 @@
 """Prediction: run a trained model on new texts and write one record per input.
 
-The model comes from an lmforge checkpoint (its run directory gives the tokenizer, `max_length`
-and the text column) or from an exported Hugging Face folder (`config.json`, weights, tokenizer
-and an optional `lmforge.json`). Both become a `LoadedModel`, a plain Hugging Face model and
-tokenizer, so every task's prediction code serves both sources. Predictions go to a new file:
-`predictions.jsonl` (or `.csv`) in the run directory, or `output=`, which must not exist yet.
+The model comes from an lmforge checkpoint (its run directory gives the tokenizer and the
+run's settings: sequence length, text column, labels) or from an exported Hugging Face folder
+(`config.json`, weights, tokenizer and an optional `lmforge.json`). Either way the task
+family's predictor (its spec names it) turns batches of inputs into records; this module reads
+the inputs and writes the records: `predictions.jsonl` (or `.csv`) in the run directory, or
+`output=`, which must not exist yet.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig
 
-from lmforge.checkpoints import load_task_module, run_dir_of
 from lmforge.data.datamodule import load_tokenizer_for_batching
 from lmforge.data.sources import FORMATS, check_file, load_file
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, TOKENIZER_DIR, check_checkpoint_run, record_config
-from lmforge.tasks import TASKS
-from lmforge.tasks.token_classification import entity_spans, tag_sentences
+from lmforge.positions import usable_positions
+from lmforge.runs import load_run
+from lmforge.runtime.rundir import EXPORT_SETTINGS_FILE, record_config
+from lmforge.tasks import FAMILIES, family_of_architectures
+from lmforge.tasks.predictor import InputText, Predictor
+from lmforge.tasks.spec import TaskFamily
 
 log = logging.getLogger(__name__)
 
-# Written by `lmforge-export` beside the model: task, max_length, multi_label, threshold, ...
-EXPORT_SETTINGS_FILE = "lmforge.json"
 OUTPUT_FORMATS = ("jsonl", "csv")
 DEVICES = ("auto", "cpu", "cuda")
-# Architecture name ending -> task, for exported folders without lmforge.json.
-TASK_OF_ARCHITECTURE = {
-    "ForSequenceClassification": "text_classification",
-    "ForTokenClassification": "token_classification",
-    "ForCausalLM": "causal_lm",
-    "LMHeadModel": "causal_lm",
-    "ForMaskedLM": "masked_lm",
-}
-# A threshold for multi-label folders that record none (the usual sigmoid midpoint).
-DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass
-class LoadedModel:
-    """A Hugging Face model (or a peft model around one) with its tokenizer and what prediction
-    needs to know: the task, the label names, the sequence length and the input columns."""
-
-    task: str
-    model: Any
-    tokenizer: PreTrainedTokenizerBase
-    max_length: int
-    text_column: str
-    text_pair_column: str | None = None
-    label_names: list[str] = field(default_factory=list)
-    multi_label: bool = False
-    threshold: float = DEFAULT_THRESHOLD
-
-
-@dataclass
-class InputText:
-    """One input: its text (a word list for NER rows that hold one), the second text of a
-    sentence pair, and where it came from (for error messages)."""
-
-    text: str | list[str]
-    text_pair: str | None = None
-    where: str = "input"
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -83,17 +46,17 @@ def predict(cfg: DictConfig) -> Path:
     check_settings(cfg)
     output = output_path(cfg)
     input_file = input_file_of(cfg.input)
-    loaded = load_model(cfg)
-    inputs = read_input_file(input_file, loaded) if input_file else typed_inputs(cfg.input, loaded)
-    check_inputs(loaded, inputs)
+    device = choose_device(cfg.device)
+    predictor, family = load_predictor(cfg, device)
+    inputs = (
+        read_input_file(input_file, predictor) if input_file else typed_inputs(cfg.input, predictor)
+    )
+    predictor.check(inputs)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_config(run_dir, cfg)
 
-    device = choose_device(cfg.device)
-    loaded.model.to(device).eval()
     torch.manual_seed(cfg.seed)
-    predict_batch = batch_predictor(loaded, cfg, device)
     started = time.perf_counter()
     with (
         record_writer(output, cfg.output_format) as write,
@@ -101,13 +64,13 @@ def predict(cfg: DictConfig) -> Path:
     ):
         for start in range(0, len(inputs), cfg.batch_size):
             batch = inputs[start : start + cfg.batch_size]
-            for record in predict_batch(batch):
+            for record in predictor.predict(batch):
                 write(record)
             advance(len(batch))
     log.info(
         "Predicted %d input(s) with a %s model in %.1f s: %s",
         len(inputs),
-        loaded.task,
+        family.name,
         time.perf_counter() - started,
         output,
     )
@@ -262,66 +225,36 @@ def choose_device(device: str) -> torch.device:
 
 
 # ----- loading the model --------------------------------------------------------------------
-def load_model(cfg: DictConfig) -> LoadedModel:
-    """The model of `ckpt_path` or `model_dir`, with `max_length`, `text_column` and
-    `threshold` overrides applied."""
-    loaded = (
-        load_from_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else load_from_folder(cfg.model_dir)
-    )
-    positions = model_positions(loaded.model)
+def load_predictor(cfg: DictConfig, device: torch.device) -> tuple[Predictor, TaskFamily]:
+    """The family predictor of `ckpt_path` or `model_dir`, on `device`, with the `max_length`
+    and `text_column` overrides applied to the run's settings."""
+    if cfg.ckpt_path:
+        run = load_run(str(cfg.ckpt_path), "lmforge-predict")
+        family, model, settings = run.family, run.module.model, run.settings()
+        tokenizer = load_tokenizer_for_batching(str(run.tokenizer_dir))
+    else:
+        family, model, tokenizer, settings = load_export_folder(str(cfg.model_dir))
+    positions = usable_positions(model.config.to_dict())
     if cfg.max_length is not None:
         if positions and cfg.max_length > positions:
             raise LmforgeError(
                 f"max_length={cfg.max_length} is more than the model's {positions} positions."
             )
-        loaded.max_length = cfg.max_length
+        settings["max_length"] = cfg.max_length
     elif positions:
-        loaded.max_length = min(loaded.max_length, positions)
+        settings["max_length"] = min(settings["max_length"], positions)
     if cfg.text_column:
-        loaded.text_column = str(cfg.text_column)
-    if cfg.threshold is not None:
-        loaded.threshold = float(cfg.threshold)
-    log.info(
-        "Loaded a %s model (max_length %d, text column %r)",
-        loaded.task,
-        loaded.max_length,
-        loaded.text_column,
-    )
-    return loaded
+        settings["text_column"] = str(cfg.text_column)
+    model.to(device).eval()
+    predictor = family.predictor_class()(model, tokenizer, settings, cfg, device)
+    log.info("Loaded a %s model (%s)", family.name, predictor.describe())
+    return predictor, family
 
 
-def load_from_checkpoint(ckpt_path: str) -> LoadedModel:
-    """An lmforge checkpoint; its run directory gives the tokenizer and the data settings."""
-    module = load_task_module(ckpt_path)
-    source = run_dir_of(ckpt_path)
-    for needed in (CONFIG_FILE, TOKENIZER_DIR):
-        if not (source / needed).exists():
-            raise LmforgeError(
-                f"ckpt_path={ckpt_path!r}: its run directory {source} holds no {needed}; "
-                "lmforge-predict needs the run directory a checkpoint was saved in (or export "
-                "the model and use model_dir=)."
-            )
-    check_checkpoint_run(ckpt_path, module.task_name, source)
-    data = OmegaConf.load(source / CONFIG_FILE).data
-    # Classification and LM data name a text column; NER data a column of words.
-    text_column = OmegaConf.select(data, "text_column") or OmegaConf.select(data, "token_column")
-    return LoadedModel(
-        task=module.task_name,
-        model=module.model,
-        tokenizer=load_tokenizer_for_batching(str(source / TOKENIZER_DIR)),
-        max_length=OmegaConf.select(data, "max_length") or OmegaConf.select(data, "block_size"),
-        text_column=text_column or "text",
-        text_pair_column=OmegaConf.select(data, "text_pair_column"),
-        label_names=list(getattr(module, "label_names", [])),
-        multi_label=bool(getattr(module, "multi_label", False)),
-        threshold=float(getattr(module, "threshold", DEFAULT_THRESHOLD)),
-    )
-
-
-def load_from_folder(model_dir: str) -> LoadedModel:
-    """An exported Hugging Face folder: the task from `lmforge.json` or the architecture,
-    label names from the config's `id2label`."""
-    folder = Path(str(model_dir)).expanduser()
+def load_export_folder(model_dir: str) -> tuple[TaskFamily, Any, Any, dict[str, Any]]:
+    """An exported Hugging Face folder: the family from `lmforge.json` or the architecture,
+    the settings from `lmforge.json`, label names from the config's `id2label`."""
+    folder = Path(model_dir).expanduser()
     if not (folder / "config.json").is_file():
         raise LmforgeError(
             f"model_dir={model_dir!r}: no config.json there; expected a folder written by "
@@ -335,17 +268,12 @@ def load_from_folder(model_dir: str) -> LoadedModel:
             "(the default)."
         )
     config = AutoConfig.from_pretrained(folder)
-    task = settings.get("task") or task_of_architectures(config.architectures, model_dir)
-    if task not in TASKS:
-        raise LmforgeError(
-            f"model_dir={model_dir!r}: {EXPORT_SETTINGS_FILE} names the task {task!r}; expected "
-            f"one of {', '.join(TASKS)}."
-        )
+    family = export_family(settings.get("task"), config.architectures, model_dir)
     try:
-        model = TASKS[task].auto_class.from_pretrained(folder)
+        model = family.auto_model_class().from_pretrained(folder)
     except Exception as err:
         raise LmforgeError(
-            f"model_dir={model_dir!r} could not be loaded as a {task} Hugging Face model "
+            f"model_dir={model_dir!r} could not be loaded as a {family.name} Hugging Face model "
             "(lmforge-predict reads folders of save_pretrained or lmforge-export format=hf, not "
             f"ONNX or TorchScript ones): {err}"
         ) from err
@@ -356,22 +284,33 @@ def load_from_folder(model_dir: str) -> LoadedModel:
             f"model_dir={model_dir!r} holds no tokenizer that loads; save one beside the model "
             f"(tokenizer.save_pretrained). {err}"
         ) from err
-    classifies = task in ("text_classification", "token_classification")
-    labels = [config.id2label[i] for i in range(config.num_labels)] if classifies else []
-    multi_label = settings.get("multi_label")
-    if multi_label is None:
-        multi_label = config.problem_type == "multi_label_classification"
-    return LoadedModel(
-        task=task,
-        model=model,
-        tokenizer=tokenizer,
-        max_length=settings.get("max_length") or tokenizer.model_max_length,
-        text_column=settings.get("text_column") or "text",
-        text_pair_column=settings.get("text_pair_column"),
-        label_names=labels,
-        multi_label=bool(multi_label),
-        threshold=float(settings.get("threshold") or DEFAULT_THRESHOLD),
-    )
+    if not settings.get("labels") and getattr(config, "id2label", None):
+        settings["labels"] = [config.id2label[i] for i in range(config.num_labels)]
+    if settings.get("multi_label") is None:
+        settings["multi_label"] = config.problem_type == "multi_label_classification"
+    settings["max_length"] = settings.get("max_length") or tokenizer.model_max_length
+    return family, model, tokenizer, settings
+
+
+def export_family(task: str | None, architectures: list[str] | None, model_dir: str) -> TaskFamily:
+    """The family an exported folder names in lmforge.json, else the one its architecture
+    name means (`BertForTokenClassification` -> token classification)."""
+    if task:
+        if task not in FAMILIES:
+            raise LmforgeError(
+                f"model_dir={model_dir!r}: {EXPORT_SETTINGS_FILE} names the task {task!r}; "
+                f"expected one of {', '.join(FAMILIES)}."
+            )
+        return FAMILIES[task]
+    family = family_of_architectures(architectures)
+    if family is None:
+        endings = sorted({e for f in FAMILIES.values() for e in f.architecture_suffixes})
+        raise LmforgeError(
+            f"model_dir={model_dir!r}: its config.json names the architecture(s) "
+            f"{architectures or 'none'}, none of which ends in {', '.join(endings)}; name the "
+            f'task in {EXPORT_SETTINGS_FILE} ({{"task": "text_classification"}}, ...).'
+        )
+    return family
 
 
 def read_export_settings(folder: Path, model_dir: str) -> dict[str, Any]:
@@ -386,29 +325,6 @@ def read_export_settings(folder: Path, model_dir: str) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise LmforgeError(f"model_dir={model_dir!r}: {path} should hold a JSON object.")
     return settings
-
-
-def task_of_architectures(architectures: list[str] | None, model_dir: str) -> str:
-    """The task of a Hugging Face architecture name (`BertForTokenClassification` -> NER)."""
-    for name in architectures or []:
-        for ending, task in TASK_OF_ARCHITECTURE.items():
-            if name.endswith(ending):
-                return task
-    raise LmforgeError(
-        f"model_dir={model_dir!r}: its config.json names the architecture(s) "
-        f"{architectures or 'none'}, none of which ends in {', '.join(TASK_OF_ARCHITECTURE)}; "
-        f'name the task in {EXPORT_SETTINGS_FILE} ({{"task": "text_classification"}}, ...).'
-    )
-
-
-def model_positions(model: Any) -> int | None:
-    """How many positions the model embeds (None for models without a fixed limit)."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 # ----- reading the inputs -------------------------------------------------------------------
@@ -426,7 +342,7 @@ def input_file_of(value: Any) -> Path | None:
     return None
 
 
-def typed_inputs(value: Any, loaded: LoadedModel) -> list[InputText]:
+def typed_inputs(value: Any, predictor: Predictor) -> list[InputText]:
     """The texts typed on the command line: `input='a text'` or `input='[one,two]'`."""
     texts = [str(v) for v in value] if isinstance(value, ListConfig | list) else [str(value)]
     if not texts or any(not t.strip() for t in texts):
@@ -434,15 +350,15 @@ def typed_inputs(value: Any, loaded: LoadedModel) -> list[InputText]:
             "input is empty; give a text (input='a text'), a list of texts (input='[one,two]') "
             "or a .txt/.csv/.jsonl/.json/.tsv/.parquet file."
         )
-    if loaded.text_pair_column:
+    if predictor.text_pair_column:
         raise LmforgeError(
-            f"This model classifies text pairs ({loaded.text_column!r} + "
-            f"{loaded.text_pair_column!r}); give input= a csv/jsonl file with both columns."
+            f"This model reads text pairs ({predictor.text_column!r} + "
+            f"{predictor.text_pair_column!r}); give input= a csv/jsonl file with both columns."
         )
     return [InputText(t, where=f"input text {i + 1}") for i, t in enumerate(texts)]
 
 
-def read_input_file(file: Path, loaded: LoadedModel) -> list[InputText]:
+def read_input_file(file: Path, predictor: Predictor) -> list[InputText]:
     """A .txt file (one text per line, blank lines skipped) or a table with the text column."""
     path = str(file)
     if file.suffix.lower() == ".txt":
@@ -456,7 +372,8 @@ def read_input_file(file: Path, loaded: LoadedModel) -> list[InputText]:
             raise LmforgeError(f"input={path!r}: the file holds no text (only blank lines).")
         return inputs
     table = load_file(path, "input")
-    columns = [loaded.text_column, loaded.text_pair_column]
+    text_column, pair_column = predictor.text_column, predictor.text_pair_column
+    columns = [text_column, pair_column]
     for column in filter(None, columns):
         if column not in table.column_names:
             raise LmforgeError(
@@ -464,13 +381,13 @@ def read_input_file(file: Path, loaded: LoadedModel) -> list[InputText]:
                 f"found: {', '.join(table.column_names)}. Name the text column with "
                 "text_column=<column>."
             )
-    pairs = table[loaded.text_pair_column] if loaded.text_pair_column else [None] * len(table)
+    pairs = table[pair_column] if pair_column else [None] * len(table)
     inputs, missing = [], []
-    for row, (text, pair) in enumerate(zip(table[loaded.text_column], pairs, strict=True), 1):
-        if is_missing(text) or (loaded.text_pair_column and is_missing(pair)):
+    for row, (text, pair) in enumerate(zip(table[text_column], pairs, strict=True), 1):
+        if is_missing(text) or (pair_column and is_missing(pair)):
             missing.append(row)
             continue
-        words = loaded.task == "token_classification" and isinstance(text, list)
+        words = predictor.reads_words and isinstance(text, list)
         inputs.append(
             InputText(
                 [str(w) for w in text] if words else str(text),
@@ -482,8 +399,8 @@ def read_input_file(file: Path, loaded: LoadedModel) -> list[InputText]:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise LmforgeError(
             f"input={path!r}: {len(missing)} row(s) have no text in column "
-            f"{loaded.text_column!r}"
-            + (f" or {loaded.text_pair_column!r}" if loaded.text_pair_column else "")
+            f"{text_column!r}"
+            + (f" or {pair_column!r}" if pair_column else "")
             + f": row(s) {shown} (1-based, header not counted). Fill or remove them."
         )
     return inputs
@@ -493,216 +410,3 @@ def is_missing(value: Any) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return True
     return not (value if isinstance(value, list) else str(value).strip())
-
-
-def check_inputs(loaded: LoadedModel, inputs: list[InputText]) -> None:
-    """Task-specific checks of every input before any prediction runs."""
-    if loaded.task == "masked_lm":
-        mask = loaded.tokenizer.mask_token
-        if mask is None:
-            raise LmforgeError("The masked LM's tokenizer has no mask token to fill.")
-        for item in inputs:
-            if mask not in str(item.text):
-                raise LmforgeError(
-                    f"{item.where} has no mask token: write {mask} where the model should fill "
-                    f"in a word (e.g. 'the {mask} was won'). Got {str(item.text)[:80]!r}."
-                )
-
-
-# ----- prediction per task ------------------------------------------------------------------
-def batch_predictor(
-    loaded: LoadedModel, cfg: DictConfig, device: torch.device
-) -> Callable[[list[InputText]], list[dict]]:
-    """The function that turns a batch of inputs into records, for the model's task."""
-    if loaded.task == "text_classification":
-        return functools.partial(classify_texts, loaded, device=device)
-    if loaded.task == "token_classification":
-        stride = window_stride(loaded, cfg.stride)
-        return functools.partial(
-            tag_inputs, loaded, stride=stride, batch_size=cfg.batch_size, device=device
-        )
-    if loaded.task == "causal_lm":
-        return functools.partial(
-            generate_continuations, loaded, options=cfg.generate, device=device
-        )
-    if loaded.task == "masked_lm":
-        return functools.partial(fill_masks, loaded, top_k=cfg.fill_top_k, device=device)
-    raise LmforgeError(f"lmforge-predict cannot predict with a {loaded.task!r} model.")
-
-
-@torch.inference_mode()
-def classify_texts(loaded: LoadedModel, batch: list[InputText], device: torch.device) -> list[dict]:
-    """Per text: the label and every label's probability (multi-label: the labels above the
-    threshold and every label's own probability)."""
-    texts = [str(item.text) for item in batch]
-    pairs = [str(item.text_pair) for item in batch] if loaded.text_pair_column else None
-    encoded = loaded.tokenizer(
-        texts,
-        pairs,
-        truncation=True,
-        max_length=loaded.max_length,
-        padding=True,
-        return_tensors="pt",
-    ).to(device)
-    logits = loaded.model(**encoded).logits  # (batch, num_labels)
-    names = loaded.label_names
-    probabilities = logits.sigmoid() if loaded.multi_label else logits.softmax(dim=-1)
-    best = probabilities.argmax(dim=-1).tolist()
-    records = []
-    for item, row, top in zip(batch, probabilities.tolist(), best, strict=True):
-        record: dict[str, Any] = {"text": str(item.text)}
-        if pairs is not None:
-            record["text_pair"] = item.text_pair
-        if loaded.multi_label:
-            record["labels"] = [n for n, p in zip(names, row, strict=True) if p > loaded.threshold]
-        else:
-            record["label"] = names[top]
-        record["probabilities"] = dict(zip(names, row, strict=True))
-        records.append(record)
-    return records
-
-
-def window_stride(loaded: LoadedModel, stride: int | None) -> int:
-    """Tokens shared by consecutive windows of a long NER input (null: a quarter of the
-    window); the tokenizer needs fewer than the window's room for words."""
-    room = loaded.max_length - loaded.tokenizer.num_special_tokens_to_add(pair=False)
-    chosen = room // 4 if stride is None else stride
-    if not 0 <= chosen < room:
-        raise LmforgeError(
-            f"stride={stride} must be less than the {room} word tokens of a window "
-            f"(max_length={loaded.max_length} minus special tokens)."
-        )
-    return chosen
-
-
-def tag_inputs(
-    loaded: LoadedModel, batch: list[InputText], stride: int, batch_size: int, device: torch.device
-) -> list[dict]:
-    """Per input: its words (split on whitespace), a tag per word and the entity spans."""
-    sentences = [item.text if isinstance(item.text, list) else item.text.split() for item in batch]
-    tagged = tag_sentences(
-        loaded.model,
-        loaded.tokenizer,
-        sentences,
-        loaded.label_names,
-        loaded.max_length,
-        stride,
-        batch_size,
-        device,
-    )
-    return [
-        {
-            "text": item.text if isinstance(item.text, str) else " ".join(item.text),
-            "words": words,
-            "tags": tags,
-            "entities": entity_spans(words, tags, scores),
-        }
-        for item, words, (tags, scores) in zip(batch, sentences, tagged, strict=True)
-    ]
-
-
-@torch.inference_mode()
-def generate_continuations(
-    loaded: LoadedModel, batch: list[InputText], options: DictConfig, device: torch.device
-) -> list[dict]:
-    """Per prompt: `num_return_sequences` generations, each the decoded prompt + continuation
-    and the continuation alone. Prompts longer than the model can take keep their end."""
-    tokenizer = loaded.tokenizer
-    room = loaded.max_length
-    positions = model_positions(loaded.model)
-    if positions:
-        room = min(room, positions - options.max_new_tokens)
-    if room < 1:
-        raise LmforgeError(
-            f"generate.max_new_tokens={options.max_new_tokens} leaves no room for the prompt in "
-            f"the model's {positions} positions."
-        )
-    prompts = [
-        tokenizer(str(item.text), add_special_tokens=False)["input_ids"][-room:] for item in batch
-    ]
-    for item, prompt in zip(batch, prompts, strict=True):
-        if not prompt:
-            raise LmforgeError(f"{item.where} gives no tokens to continue: {item.text!r}.")
-    # Left padding: every prompt ends where generation starts.
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    attention_mask = torch.tensor(
-        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
-    )
-    sampling = (
-        {"temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p}
-        if options.do_sample
-        else {}
-    )
-    output = loaded.model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=options.max_new_tokens,
-        do_sample=options.do_sample,
-        num_return_sequences=options.num_return_sequences,
-        pad_token_id=pad,
-        **sampling,
-    )  # (batch * num_return_sequences, width + new)
-    new_tokens = output[:, width:].tolist()
-    records = []
-    for index, (item, prompt) in enumerate(zip(batch, prompts, strict=True)):
-        start = index * options.num_return_sequences
-        generations = [
-            decode_generation(tokenizer, prompt, new)
-            for new in new_tokens[start : start + options.num_return_sequences]
-        ]
-        records.append({"text": str(item.text), "generations": generations})
-    return records
-
-
-def decode_generation(
-    tokenizer: PreTrainedTokenizerBase, prompt: list[int], new: list[int]
-) -> dict[str, str]:
-    """The decoded prompt + continuation, and the continuation alone (cut from the full text,
-    so a continued word such as WordPiece's `##s` reads right)."""
-    full = tokenizer.decode(prompt + new, skip_special_tokens=True)
-    head = tokenizer.decode(prompt, skip_special_tokens=True)
-    tail = (
-        full[len(head) :]
-        if full.startswith(head)
-        else tokenizer.decode(new, skip_special_tokens=True)
-    )
-    return {"text": full, "continuation": tail.strip()}
-
-
-@torch.inference_mode()
-def fill_masks(
-    loaded: LoadedModel, batch: list[InputText], top_k: int, device: torch.device
-) -> list[dict]:
-    """Per text: for each mask token, in order, the `top_k` most likely tokens and their
-    probabilities (special tokens left out)."""
-    tokenizer = loaded.tokenizer
-    texts = [str(item.text) for item in batch]
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    lengths = encoded["attention_mask"].sum(dim=1).tolist()
-    for item, length in zip(batch, lengths, strict=True):
-        if length > loaded.max_length:
-            raise LmforgeError(
-                f"{item.where} is {length} tokens long, over max_length={loaded.max_length}; "
-                "shorten it to the sentence around its mask(s)."
-            )
-    encoded = encoded.to(device)
-    logits = loaded.model(**encoded).logits  # (batch, seq, vocab)
-    masks = encoded["input_ids"] == tokenizer.mask_token_id  # (batch, seq)
-    probabilities = logits[masks].softmax(dim=-1)  # (masks, vocab), row by row
-    probabilities[:, tokenizer.all_special_ids] = 0.0
-    scores, ids = probabilities.topk(top_k, dim=-1)  # (masks, top_k)
-    candidates = [
-        [
-            {"token": tokenizer.decode([token]).strip(), "score": score}
-            for score, token in zip(row_scores, row_ids, strict=True)
-        ]
-        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
-    ]
-    records, taken = [], 0
-    for text, count in zip(texts, masks.sum(dim=1).tolist(), strict=True):
-        fills = candidates[taken : taken + count]
-        taken += count
-        records.append({"text": text, "fills": fills})
-    return records

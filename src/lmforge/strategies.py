@@ -8,8 +8,9 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedModel
 
-from lmforge.compatibility import check_strategy_supported
+from lmforge.config.compatibility import check_strategy_supported
 from lmforge.errors import LmforgeError
+from lmforge.tasks.spec import TaskFamily
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class FinetuneStrategy:
     # Checkpoints hold only the trainable weights (adapters and head), not the frozen base.
     adapter_only = False
 
-    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+    def apply(self, model: PreTrainedModel, family: TaskFamily) -> nn.Module:
         """Set `requires_grad` on the model's parameters; return the model to train."""
         return model
 
@@ -106,7 +107,7 @@ class Freeze(FinetuneStrategy):
         # The frozen parts, top first: the order gradual unfreezing releases them in.
         self._frozen_parts: list[list[nn.Parameter]] = []
 
-    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+    def apply(self, model: PreTrainedModel, family: TaskFamily) -> nn.Module:
         parts: list[list[nn.Module]] = []  # bottom first
         if self.backbone:
             stack = backbone_layers(model)
@@ -159,15 +160,6 @@ class Freeze(FinetuneStrategy):
         }
 
 
-# PEFT task types per lmforge task: they decide how prompt-learning methods wrap the model.
-PEFT_TASK_TYPES = {
-    "text_classification": "SEQ_CLS",
-    "token_classification": "TOKEN_CLS",
-    "causal_lm": "CAUSAL_LM",
-    "masked_lm": None,
-}
-
-
 def head_parameters(model: PreTrainedModel) -> dict[str, nn.Parameter]:
     """The task head's own parameters: everything outside the backbone that is not tied to a
     backbone weight (a masked-LM decoder shares the word embeddings; its transform does not)."""
@@ -184,24 +176,22 @@ class PeftStrategy(FinetuneStrategy):
 
     adapter_only = True
     prompt_learning = False
-    # The lmforge tasks whose models peft can wrap with this method.
-    supported_tasks: tuple[str, ...] = tuple(PEFT_TASK_TYPES)
 
     def peft_config(self, model: PreTrainedModel, task_type: str | None):
         raise NotImplementedError
 
-    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+    def apply(self, model: PreTrainedModel, family: TaskFamily) -> nn.Module:
         from peft import get_peft_model
 
-        if task not in self.supported_tasks:
+        if self.prompt_learning and not family.prompt_learning:
             raise LmforgeError(
-                f"finetune={self.name} is not supported for {task} by the peft library (it "
-                f"works for: {', '.join(self.supported_tasks)}). Use finetune=lora, ia3, freeze "
-                "or full."
+                f"finetune={self.name} is not supported for {family.name}: its virtual tokens "
+                "shift every position, so per-token labels would no longer line up. Use "
+                "finetune=lora, ia3, freeze or full."
             )
         head = head_parameters(model)
-        task_type = PEFT_TASK_TYPES[task] if self.prompt_learning or task == "causal_lm" else None
-        config = self.peft_config(model, task_type)
+        wrapped_as_task = self.prompt_learning or family.peft_task_wrapper
+        config = self.peft_config(model, family.peft_task_type if wrapped_as_task else None)
         try:
             wrapped = get_peft_model(model, config)
         except ValueError as err:
@@ -338,8 +328,6 @@ class PromptTuning(PeftStrategy):
 
     name = "prompt_tuning"
     prompt_learning = True
-    # Virtual tokens shift every position, so per-token labels no longer line up.
-    supported_tasks = ("text_classification", "causal_lm")
 
     def __init__(self, num_virtual_tokens: int = 20):
         if num_virtual_tokens < 1:
@@ -367,9 +355,9 @@ class PrefixTuning(PromptTuning):
 
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens)
 
-    def apply(self, model: PreTrainedModel, task: str) -> nn.Module:
+    def apply(self, model: PreTrainedModel, family: TaskFamily) -> nn.Module:
         check_strategy_supported(self.name)
-        return super().apply(model, task)
+        return super().apply(model, family)
 
 
 STRATEGIES: dict[str, type[FinetuneStrategy]] = {

@@ -148,6 +148,16 @@ class TextDataModule(pl.LightningDataModule):
         self._raw: datasets.DatasetDict | None = None
 
     # ----- hooks for task datamodules -------------------------------------------------------
+    def model_inputs(self) -> dict[str, Any]:
+        """What the data tells the task module (label names, ...): keyword arguments of its
+        constructor. Known after `setup`."""
+        return {}
+
+    def run_settings(self) -> dict[str, Any]:
+        """What prediction and export must remember of this data: the sequence length and the
+        input columns (no data is read)."""
+        return {"max_length": self.max_length}
+
     def preprocessing_settings(self) -> dict[str, Any]:
         """Settings that change the tokenized data; part of the cache key."""
         return {"max_length": self.max_length, "drop_empty": self.drop_empty}
@@ -407,6 +417,26 @@ class TextDataModule(pl.LightningDataModule):
         cache_path = self._resolve_cache_path()
         if not (cache_path / "meta.json").is_file():
             self.prepare_data()
+        try:
+            self._load_cache(cache_path)
+        except Exception as err:  # pyarrow, json and OS errors alike: the entry is unreadable
+            # Damaged outside lmforge (a full disk, a partial copy, a truncated file): a cache
+            # that cannot be read is a cache miss.
+            log.warning(
+                "The tokenization cache at %s cannot be read (%s: %s); rebuilding it.",
+                cache_path,
+                type(err).__name__,
+                str(err).strip().splitlines()[0] if str(err).strip() else "no detail",
+            )
+            self.splits, self.lengths = {}, {}
+            shutil.rmtree(cache_path, ignore_errors=True)
+            self.cache_hit = None
+            self.prepare_data()
+            self._load_cache(cache_path)
+        self.report()
+
+    def _load_cache(self, cache_path: Path) -> None:
+        """The cached splits with the sample caps applied, every column read once."""
         self.meta = json.loads((cache_path / "meta.json").read_text())
         loaded = datasets.load_from_disk(str(cache_path / "data"))
         self._ensure_tokenizer()
@@ -415,8 +445,9 @@ class TextDataModule(pl.LightningDataModule):
                 continue
             dataset = self._capped(split, loaded[split])
             self.lengths[split] = dataset["length"]
+            # Reading every column here finds a damaged file now, not in the middle of training.
+            dataset.with_format("arrow")[:]
             self.splits[split] = dataset.remove_columns("length")
-        self.report()
 
     def report(self) -> None:
         """Log the data checks and keep them in `data_report`, with the rows used after caps."""

@@ -1,26 +1,86 @@
-"""Task families: one LightningModule per family over the shared `TaskModule` base."""
+"""Task families: one folder each under `lmforge/tasks/`, found by looking in this package.
 
-from lmforge.tasks.base import TaskModule
-from lmforge.tasks.language_modeling import CausalLMModule, MaskedLMModule
-from lmforge.tasks.text_classification import TextClassificationModule
-from lmforge.tasks.token_classification import TokenClassificationModule
+A family folder's `__init__.py` defines `FAMILIES`, a tuple of `TaskFamily` specs, and imports
+no torch, so this registry loads in the config checks before any heavy import. Adding a
+family is adding a folder (and its configs); nothing here changes.
+"""
 
-# Task name (as recorded in checkpoints) -> module class.
-TASKS: dict[str, type[TaskModule]] = {
-    module.task_name: module
-    for module in (
-        TextClassificationModule,
-        TokenClassificationModule,
-        CausalLMModule,
-        MaskedLMModule,
-    )
-}
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.tasks.spec import TaskFamily, class_name
+
+
+def _discover() -> dict[str, TaskFamily]:
+    found: dict[str, TaskFamily] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda item: item.name):
+        if not info.ispkg:
+            continue
+        package = importlib.import_module(f"{__name__}.{info.name}")
+        for family in getattr(package, "FAMILIES", ()):
+            if family.name in found:
+                raise LmforgeError(
+                    f"Two task families are named {family.name!r} (lmforge.tasks.{info.name} "
+                    "and another folder); family names must be unique."
+                )
+            found[family.name] = family
+    return found
+
+
+# Family name -> spec, for every family folder.
+FAMILIES: dict[str, TaskFamily] = _discover()
+
+
+def family_named(name: str, where: str = "") -> TaskFamily:
+    """The family called `name`; an error naming `where` it was found and the known ones."""
+    if name not in FAMILIES:
+        raise LmforgeError(
+            f"{where or 'task'}: unknown task family {name!r}; lmforge has {', '.join(FAMILIES)}."
+        )
+    return FAMILIES[name]
+
+
+def family_of_module(target: object) -> TaskFamily | None:
+    """The family whose LightningModule `target` names (a `_target_` or a class name)."""
+    name = class_name(target)
+    return next((f for f in FAMILIES.values() if class_name(f.module) == name), None)
+
+
+def families_of_datamodule(target: object) -> list[TaskFamily]:
+    """The families that read data with the datamodule `target` names."""
+    name = class_name(target)
+    return [f for f in FAMILIES.values() if class_name(f.datamodule) == name]
+
+
+def family_of_architectures(architectures: list[str] | None) -> TaskFamily | None:
+    """The family of a Hugging Face architecture name (`BertForTokenClassification`)."""
+    for architecture in architectures or []:
+        for family in FAMILIES.values():
+            if architecture.endswith(family.architecture_suffixes):
+                return family
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    """`lmforge.tasks.TextClassificationModule` and the other module classes, which configs of
+    earlier runs name as `_target_`: imported on first use (they import torch)."""
+    if name == "TaskModule":
+        return importlib.import_module("lmforge.tasks.base").TaskModule
+    for family in FAMILIES.values():
+        if class_name(family.module) == name:
+            return family.module_class()
+    raise AttributeError(f"module 'lmforge.tasks' has no attribute {name!r}")
+
 
 __all__ = [
-    "TASKS",
-    "CausalLMModule",
-    "MaskedLMModule",
-    "TaskModule",
-    "TextClassificationModule",
-    "TokenClassificationModule",
+    "FAMILIES",
+    "TaskFamily",
+    "families_of_datamodule",
+    "family_named",
+    "family_of_architectures",
+    "family_of_module",
 ]

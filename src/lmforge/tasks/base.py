@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -19,9 +19,8 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from lmforge.errors import LmforgeError
 from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
 from lmforge.strategies import FinetuneStrategy, Full
-
-if TYPE_CHECKING:
-    from lmforge.distillation import Distillation
+from lmforge.tasks import FAMILIES
+from lmforge.tasks.spec import TaskFamily
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,16 @@ class TaskModule(pl.LightningModule):
         finetune: the strategy choosing which weights train (default: all).
         init_from: an lmforge checkpoint whose weights replace the loaded ones where names and
             shapes match (continued fine-tuning; no optimizer or trainer state is taken).
-        distill: knowledge distillation from a teacher (`lmforge.distillation.Distillation`).
+
+    A distillation teacher is attached after construction (`lmforge.distillation`), by the
+    training recipe; checkpoints never hold it.
     """
 
+    # The family's name (its spec in `lmforge.tasks.FAMILIES`); checkpoints record it.
     task_name: ClassVar[str] = ""
-    # The transformers Auto class of the task's models and its `pipeline` task name: what builds
-    # the model, loads a distillation teacher, and reloads an exported folder.
-    auto_class: ClassVar[type]
-    pipeline_task: ClassVar[str] = ""
+    # One prediction per example (`predicted_labels`): confusion matrix, flipped examples and
+    # test_predictions.jsonl are made from them.
+    labels_per_example: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -65,11 +66,10 @@ class TaskModule(pl.LightningModule):
         hf_config: dict[str, Any] | None = None,
         finetune: FinetuneStrategy | None = None,
         init_from: str | None = None,
-        distill: Distillation | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["optimizer", "scheduler", "hf_config", "finetune", "init_from", "distill"]
+            ignore=["optimizer", "scheduler", "hf_config", "finetune", "init_from"]
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -83,13 +83,12 @@ class TaskModule(pl.LightningModule):
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
         self.finetune = finetune or Full()
-        self.model = self.finetune.apply(self.model, self.task_name)
+        self.model = self.finetune.apply(self.model, self.family)
         # A PEFT checkpoint holds adapters and head only; the frozen base comes from `pretrained`.
         self.adapter_only = self.finetune.adapter_only and not self._built_from_scratch()
         self.strict_loading = not self.adapter_only
-        self.distill = distill
-        if distill is not None:
-            distill.attach(self)
+        # A `lmforge.distillation.Distillation` with its teacher loaded, or None.
+        self.distill: Any = None
         # Set to {} by `comparison.run_test_with_predictions`: the test loop then keeps each batch's
         # predicted labels (batch index -> labels), so one pass gives metrics and predictions.
         self.recorded_test_predictions: dict[int, list[Any] | None] | None = None
@@ -97,6 +96,11 @@ class TaskModule(pl.LightningModule):
         self.train_metrics = self.configure_metrics("train")
         self.val_metrics = self.configure_metrics("val")
         self.test_metrics = self.configure_metrics("test")
+
+    @property
+    def family(self) -> TaskFamily:
+        """The spec of this module's task family."""
+        return FAMILIES[self.task_name]
 
     # ----- hooks for task modules ---------------------------------------------------------------
     def build_model(self) -> PreTrainedModel:
@@ -123,13 +127,29 @@ class TaskModule(pl.LightningModule):
         one label per example (multi-label: the list of ids); None for the others."""
         return None
 
+    def run_settings(self) -> dict[str, Any]:
+        """What prediction and export need to know of this model beyond its weights (label
+        names, thresholds), saved in an export's lmforge.json."""
+        return {}
+
+    def baseline_problem(self, name: str) -> str | None:
+        """Why the baseline `name` (one the family lists) cannot run for this model, or None."""
+        return None
+
+    def data_settings(self) -> dict[str, Any]:
+        """Data config values that must match this model for data to be encoded as in its
+        training (label names in id order): the inverse of the datamodule's `model_inputs`."""
+        return {}
+
     def stage_metrics(self, stage: str) -> nn.Module:
         """The metric set of `train`, `val` or `test`."""
         return getattr(self, f"{stage}_metrics")
 
     # ----- model loading ------------------------------------------------------------------------
-    def load_pretrained(self, auto_class: type, **config_fields: Any) -> PreTrainedModel:
-        """Load `pretrained` through `auto_class`, or rebuild it from a checkpoint's config."""
+    def load_pretrained(self, **config_fields: Any) -> PreTrainedModel:
+        """Load `pretrained` through the family's Auto class, or rebuild it from a checkpoint's
+        config (or `from_config`)."""
+        auto_class = self.family.auto_model_class()
         if self._hf_config is not None:
             config = AutoConfig.for_model(**{**self._hf_config, **config_fields})
             self.start = {"from": "checkpoint"}
@@ -177,7 +197,7 @@ class TaskModule(pl.LightningModule):
 
     def _load_weights_from(self, path: str) -> None:
         """Copy the model weights of another run's checkpoint where names and shapes match."""
-        from lmforge.checkpoints import read_checkpoint
+        from lmforge.runtime.checkpoints import read_checkpoint
 
         state = {
             k.removeprefix("model."): v
@@ -236,7 +256,7 @@ class TaskModule(pl.LightningModule):
     # ----- distillation ---------------------------------------------------------------------------
     def supports_distillation(self) -> bool:
         """Whether `forward_loss` returns logits a teacher's can be compared with."""
-        return False
+        return self.family.distillation
 
     def distillation_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Where the distillation term counts (None: every example)."""

@@ -13,9 +13,9 @@ from torchmetrics.classification import (
     MultilabelExactMatch,
     MultilabelF1Score,
 )
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
-from lmforge.resources import safe_name
+from lmforge.config.resources import safe_name
 from lmforge.tasks.base import TaskModule
 
 
@@ -29,8 +29,7 @@ class TextClassificationModule(TaskModule):
     """
 
     task_name = "text_classification"
-    auto_class = AutoModelForSequenceClassification
-    pipeline_task = "text-classification"
+    labels_per_example = True
 
     def __init__(
         self,
@@ -53,11 +52,24 @@ class TextClassificationModule(TaskModule):
         fields["problem_type"] = (
             "multi_label_classification" if self.multi_label else "single_label_classification"
         )
-        return self.load_pretrained(self.auto_class, **fields)
+        return self.load_pretrained(**fields)
 
     def supports_distillation(self) -> bool:
         # A softmax over classes; independent sigmoids (multi-label) have no such distribution.
         return not self.multi_label
+
+    def baseline_problem(self, name: str) -> str | None:
+        return "not implemented for multi-label classification" if self.multi_label else None
+
+    def data_settings(self) -> dict[str, Any]:
+        return {"label_names": list(self.label_names)}
+
+    def run_settings(self) -> dict[str, Any]:
+        return {
+            "labels": list(self.label_names),
+            "multi_label": self.multi_label,
+            "threshold": self.threshold,
+        }
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 
 # Names tried, in order, for a split file that sits beside the training file.

@@ -1,19 +1,16 @@
-"""Task metrics that torchmetrics does not provide: entity-level scores, token-weighted loss.
+"""Entity-level scores computed by seqeval: what torchmetrics does not provide for NER.
 
-Both are torchmetrics `Metric`s, so their states are reduced across processes under DDP.
+A torchmetrics `Metric`, so its state is reduced across processes under DDP.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
-
-IGNORE = -100
 
 
 class EntityScores(Metric):
@@ -41,7 +38,7 @@ class EntityScores(Metric):
 
     def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         """predictions, labels: (batch, seq) tag ids; -100 in labels marks ignored positions."""
-        keep = labels != IGNORE
+        keep = labels != IGNORE_INDEX
         self.preds.append(predictions[keep])
         self.target.append(labels[keep])
         self.lengths.append(keep.sum(dim=1))
@@ -69,29 +66,3 @@ class EntityScores(Metric):
         for name in types:
             values[f"f1_{name}"] = report.get(name, {}).get("f1-score", 0.0)
         return {k: torch.tensor(float(v)) for k, v in values.items()}
-
-
-class TokenLoss(Metric):
-    """Token-weighted mean loss over a split, and its perplexity (exp of that mean).
-
-    Averaging per-batch perplexities would overweight short batches; this sums the loss of
-    every predicted token and divides once.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state(
-            "total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
-        )
-        self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, mean_loss: torch.Tensor, tokens: torch.Tensor | int) -> None:
-        tokens = torch.as_tensor(tokens, device=self.tokens.device)
-        self.total += mean_loss.detach().double() * tokens
-        self.tokens += tokens
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        mean = (self.total / self.tokens.clamp(min=1)).float()
-        return {"token_loss": mean, "perplexity": torch.tensor(math.exp(min(mean.item(), 50.0)))}

@@ -15,7 +15,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
-from lmforge.task_families import family_of_module
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,8 @@ LABELS_FILE = "labels.json"
 BEFORE_FILE = "before_training.json"
 PREDICTIONS_FILE = "test_predictions.jsonl"
 TOKENIZER_DIR = "tokenizer"
+# Beside an exported model: the task, the run's settings and how the export was made.
+EXPORT_SETTINGS_FILE = "lmforge.json"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 
 
@@ -97,23 +98,6 @@ def check_resumable(resume: str) -> tuple[Path, Path]:
             "so it cannot be resumed; start it again."
         )
     return run_dir, checkpoint
-
-
-def check_checkpoint_run(ckpt_path: str, task: str, run_dir: Path) -> None:
-    """A checkpoint must sit in the run directory of its own task: evaluation, prediction and
-    export take the data settings, tokenizer and columns from there."""
-    config = run_dir / CONFIG_FILE
-    if not config.is_file():
-        return  # each command names the missing config.yaml in its own words
-    target = OmegaConf.select(OmegaConf.load(config), "model._target_", default=None)
-    family = family_of_module(target)
-    if family is not None and family.task != task:
-        raise LmforgeError(
-            f"ckpt_path={str(ckpt_path)!r} holds a {task} model, but its run directory's "
-            f"{config} is a {family.task} run (model._target_={target}); the checkpoint was "
-            f"moved from another run. Give the checkpoint inside its own run directory "
-            "(<run dir>/checkpoints/best.ckpt)."
-        )
 
 
 def prepare_resume(cfg: DictConfig, extra_overrides: list[str]) -> tuple[DictConfig, str]:

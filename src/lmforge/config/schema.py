@@ -4,7 +4,7 @@ Defaults live in conf/, not here: this file only says what a value may be. A gro
 names the keys its options share (`data.batch_size`, `optimizer.lr`); a key only some options
 have is checked when present. Top-level keys are closed: an unknown one is refused with the
 closest known name. Cross-field rules (a LoRA key with finetune=full, a metric the task does
-not log) live in `lmforge.config`.
+not log) live in `lmforge.config.validation`.
 
 pydantic validates in strict mode, so `trainer.max_epochs=abc` or `optimizer.lr='1e-3'` (a
 quoted string) is refused here instead of failing deep inside torch.
@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import annotated_types
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 # The default of every field: an option may lack the key, and then nothing is checked. A key
@@ -34,16 +34,16 @@ class Section(BaseModel):
 
 
 class DataSchema(Section):
+    """The keys every data config shares (conf/data/_shared.yaml); a task family's schema
+    subclasses it with its own keys."""
+
     batch_size: int = Field(ABSENT, gt=0)
     eval_batch_size: int = Field(ABSENT, gt=0)
-    max_length: int | None = Field(ABSENT, gt=0)
-    block_size: int | None = Field(ABSENT, gt=0)
     max_train_samples: int | None = Field(ABSENT, gt=0)
     max_eval_samples: int | None = Field(ABSENT, gt=0)
     max_test_samples: int | None = Field(ABSENT, gt=0)
     validation_ratio: float = Field(ABSENT, gt=0, lt=1)
     test_ratio: float = Field(ABSENT, gt=0, lt=1)
-    mlm_probability: float = Field(ABSENT, gt=0, lt=1)
     num_workers: int = Field(ABSENT, ge=0)
     seed: int = Field(ABSENT, ge=0)
     group_by_length: bool = ABSENT
@@ -52,14 +52,11 @@ class DataSchema(Section):
 
 
 class ModelSchema(Section):
+    """The keys every model config shares; a task family's schema subclasses it."""
+
     pretrained: str | None = ABSENT
     tokenizer: str | None = ABSENT
     init_from: str | None = ABSENT
-    multi_label: bool = ABSENT
-    threshold: float = Field(ABSENT, gt=0, lt=1)
-    classifier_dropout: float | None = Field(ABSENT, ge=0, lt=1)
-    strict: bool = ABSENT
-    generate_max_new_tokens: int = Field(ABSENT, gt=0)
 
 
 class OptimizerSchema(Section):
@@ -164,13 +161,26 @@ class TrainSchema(Section):
     hydra: Any = ABSENT
 
 
-def schema_problems(cfg: DictConfig) -> list[str]:
-    """One sentence per value of `cfg` that does not fit `TrainSchema`."""
-    values = _values(TrainSchema, cfg, top_level=True)
+def schema_problems(
+    cfg: DictConfig,
+    data_schema: type[DataSchema] = DataSchema,
+    model_schema: type[ModelSchema] = ModelSchema,
+) -> list[str]:
+    """One sentence per value of `cfg` that does not fit `TrainSchema`, its `data` and
+    `model` sections checked against the run's task family's schemas."""
+    schema = TrainSchema
+    if data_schema is not DataSchema or model_schema is not ModelSchema:
+        schema = create_model(
+            "TrainSchema",
+            __base__=TrainSchema,
+            data=(data_schema, ABSENT),
+            model=(model_schema, ABSENT),
+        )
+    values = _values(schema, cfg, top_level=True)
     try:
-        TrainSchema.model_validate(values)
+        schema.model_validate(values)
     except ValidationError as err:
-        return [_sentence(error, cfg) for error in err.errors()]
+        return [_sentence(error, cfg, schema) for error in err.errors()]
     return []
 
 
@@ -229,9 +239,9 @@ def _union_members(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
-def _field_at(location: tuple[Any, ...]) -> FieldInfo | None:
+def _field_at(location: tuple[Any, ...], top: type[Section]) -> FieldInfo | None:
     """The schema field an error location (`('optimizer', 'lr')`) points at."""
-    schema: type[Section] | None = TrainSchema
+    schema: type[Section] | None = top
     info = None
     for part in location:
         if schema is None or not isinstance(part, str) or part not in schema.model_fields:
@@ -241,7 +251,7 @@ def _field_at(location: tuple[Any, ...]) -> FieldInfo | None:
     return info
 
 
-def _sentence(error: Any, cfg: DictConfig) -> str:
+def _sentence(error: Any, cfg: DictConfig, schema: type[Section]) -> str:
     location = tuple(p for p in error["loc"] if isinstance(p, str))
     key = ".".join(location)
     if error["type"] == "extra_forbidden":
@@ -252,7 +262,7 @@ def _sentence(error: Any, cfg: DictConfig) -> str:
             f"{key} is not a top-level key of the training config.{hint} Top-level keys: "
             f"{', '.join(known)}."
         )
-    info = _field_at(location)
+    info = _field_at(location, schema)
     expected = describe(info) if info is not None else error["msg"].lower()
     return f"{key} must be {expected}, got {error['input']!r}."
 

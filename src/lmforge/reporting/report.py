@@ -18,7 +18,6 @@ so it needs no screen and leaves the caller's backend alone.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -33,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, METRICS_FILE
+from lmforge.reporting.formatting import lower_is_better, markdown_cell
+from lmforge.runtime.rundir import CONFIG_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -359,38 +359,6 @@ def plot_confusion_matrix(confusion: dict[str, Any], path: Path, title: str = ""
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`lmforge-report <run-or-sweep-dir> [--out DIR] [--metric KEY] [--mode max|min]`."""
-    parser = argparse.ArgumentParser(
-        prog="lmforge-report",
-        description=(
-            "Summarise finished runs: report.csv, report.md and plots (learning curves, the "
-            "optimized metric against each swept hyperparameter, the best run's confusion "
-            "matrix). Works on one run directory, a multirun or an Optuna sweep directory."
-        ),
-    )
-    parser.add_argument("dir", help="a run directory or a directory of runs (multirun, sweep)")
-    parser.add_argument("--out", help=f"where the report goes (default: <dir>/{REPORT_DIR})")
-    parser.add_argument(
-        "--metric",
-        help="metric that sorts the runs, e.g. val/f1_macro or test/acc "
-        "(default: the runs' optimized_metric)",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=["max", "min"],
-        help="whether higher or lower is better (default: the runs' optimized_mode)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from lmforge.cli import user_errors
-
-    with user_errors():
-        report = build_report(args.dir, args.out, args.metric, args.mode)
-    for path in report.files:
-        print(path)
-
-
 def _is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() or (path / HYDRA_DIR).is_dir()
 
@@ -518,8 +486,7 @@ def _mode_of(runs: list[Run], metric: str) -> str:
         row = rows.get(metric) if isinstance(rows, dict) else None
         if isinstance(row, dict) and "higher_is_better" in row:
             return "max" if row["higher_is_better"] else "min"
-    lower = ("loss", "perplexity", "time", "seconds", "memory", "megabytes")
-    return "min" if any(word in metric for word in lower) else "max"
+    return "min" if lower_is_better(metric) else "max"
 
 
 def _metric_names(metrics: dict[str, Any]) -> list[str]:
@@ -619,25 +586,6 @@ def _write_csv(path: Path, columns: list[str], rows: list[list[Any]]) -> Path:
     return path
 
 
-def _cell(value: Any) -> str:
-    """A Markdown table cell: numbers rounded for reading, pipes escaped."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) >= 1:
-            return f"{value:.4g}"
-        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
-    return str(value).replace("|", "\\|")
-
-
 def _overrides_text(run: Run, keys: list[str]) -> str:
     return " ".join(f"{k}={run.overrides[k]}" for k in keys if k in run.overrides)
 
@@ -663,7 +611,7 @@ def _markdown(
     if best is not None and _is_number(best.value):
         overrides = _overrides_text(best, shown)
         lines.append(
-            f"- best run: `{best.name}` ({metric} = {_cell(best.value)})"
+            f"- best run: `{best.name}` ({metric} = {markdown_cell(best.value)})"
             + (f", overrides `{overrides}`" if overrides else "")
         )
     shared = sorted(set.intersection(*(set(r.overrides.items()) for r in runs)))
@@ -672,16 +620,16 @@ def _markdown(
     lines.append("")
     if finished:
         lines += ["## Runs", ""]
-        lines.append("| " + " | ".join(_cell(c) for c in columns) + " |")
+        lines.append("| " + " | ".join(markdown_cell(c) for c in columns) + " |")
         lines.append("| " + " | ".join("---" for _ in columns) + " |")
-        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(markdown_cell(v) for v in row) + " |" for row in rows]
         lines.append("")
     if skipped:
         lines += ["## Skipped", ""]
         for run in skipped:
             overrides = _overrides_text(run, shown)
             detail = f" ({overrides})" if overrides else ""
-            lines.append(f"- `{run.name}`{detail}: {_cell(run.skip_reason)}")
+            lines.append(f"- `{run.name}`{detail}: {markdown_cell(run.skip_reason)}")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -862,7 +810,3 @@ def _plot_metric_vs(
     path = out_dir / f"{PARAM_PNG_PREFIX}{re.sub(r'[^0-9A-Za-z_.-]+', '_', key)}.png"
     figure.savefig(path, dpi=100)
     return path
-
-
-if __name__ == "__main__":
-    main()

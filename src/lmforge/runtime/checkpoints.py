@@ -1,4 +1,4 @@
-"""Loading lmforge checkpoints and run directories without the original model files."""
+"""Checkpoint files: reading them with clear errors, writing them atomically."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmforge.errors import LmforgeError
-from lmforge.strategies import strategy_from_record
-from lmforge.tasks import TASKS, TaskModule
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -31,45 +29,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "record of the task and model config)."
         )
     return checkpoint
-
-
-def load_task_module(path: str | Path, expected_task: str | None = None) -> TaskModule:
-    """Rebuild the task module of a checkpoint and load its weights (on CPU)."""
-    checkpoint = read_checkpoint(path)
-    record = checkpoint["lmforge"]
-    task = record["task"]
-    if task not in TASKS:
-        raise LmforgeError(f"ckpt_path={str(path)!r} holds an unknown task {task!r}.")
-    if expected_task and task != expected_task:
-        raise LmforgeError(
-            f"ckpt_path={str(path)!r} holds a {task} model, but a {expected_task} one is needed."
-        )
-    strategy = strategy_from_record(record.get("finetune"))
-    if record.get("adapter_only"):
-        # Adapters and head only: the frozen base is loaded again from `pretrained` (and the
-        # checkpoint the run started from, if any), then the saved weights go on top.
-        module = TASKS[task](
-            **checkpoint["hyper_parameters"], finetune=strategy, init_from=record.get("init_from")
-        )
-        result = module.load_state_dict(checkpoint["state_dict"], strict=False)
-        if result.unexpected_keys:
-            raise LmforgeError(
-                f"ckpt_path={str(path)!r}: {len(result.unexpected_keys)} saved weights do not "
-                f"fit the rebuilt {strategy.name} model (e.g. {result.unexpected_keys[0]}); was "
-                "the base model changed since the run?"
-            )
-    else:
-        module = TASKS[task](
-            **checkpoint["hyper_parameters"], hf_config=record["hf_config"], finetune=strategy
-        )
-        module.load_state_dict(checkpoint["state_dict"])
-    module.eval()
-    return module
-
-
-def run_dir_of(ckpt_path: str | Path) -> Path:
-    """The run directory holding a checkpoint (`<run dir>/checkpoints/<name>.ckpt`)."""
-    return Path(ckpt_path).expanduser().resolve().parent.parent
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

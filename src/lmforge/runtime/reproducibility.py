@@ -23,9 +23,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmforge.compatibility import installed_versions
+from lmforge.config.compatibility import installed_versions
 from lmforge.data.sources import file_fingerprint
-from lmforge.rundir import write_json
+from lmforge.runtime.rundir import write_json
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,13 @@ def resolve_matmul_precision(setting: str | None, accelerator: str | None) -> st
     """
     if setting != "auto":
         return setting
-    return "medium" if runs_on_cpu(accelerator) and cpu_has_bf16() else None
+    if runs_on_cpu(accelerator) and cpu_has_bf16():
+        log.info(
+            "float32 matmuls: medium precision (float32_matmul_precision=auto on a CPU "
+            "with bfloat16 instructions: oneDNN's bfloat16 math mode)."
+        )
+        return "medium"
+    return None
 
 
 @contextmanager

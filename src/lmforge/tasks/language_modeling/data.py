@@ -16,12 +16,12 @@ from transformers import (
 )
 
 from lmforge.data.datamodule import TextDataModule
+from lmforge.data.labels import IGNORE_INDEX
 from lmforge.data.sources import check_file, load_file, require_columns
 from lmforge.errors import LmforgeError
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 OBJECTIVES = ("causal", "masked")
 MODES = ("group", "truncate")
 
@@ -72,7 +72,7 @@ class CausalCollator:
             n = len(example["input_ids"])
             ids[row, :n] = torch.tensor(example["input_ids"])
             mask[row, :n] = 1
-        labels = ids.masked_fill(mask == 0, IGNORE)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -119,6 +119,9 @@ class LanguageModelingDataModule(TextDataModule):
         self.block_size = block_size
         self.mlm_probability = mlm_probability
         self.whole_word_mask = whole_word_mask
+
+    def run_settings(self) -> dict[str, Any]:
+        return {**super().run_settings(), "text_column": self.text_column}
 
     def preprocessing_settings(self) -> dict[str, Any]:
         return {
@@ -262,6 +265,6 @@ class LanguageModelingDataModule(TextDataModule):
         # Masking was fixed at preprocessing: pad inputs, and labels with -100.
         return DataCollatorForTokenClassification(
             self._ensure_tokenizer(),
-            label_pad_token_id=IGNORE,
+            label_pad_token_id=IGNORE_INDEX,
             pad_to_multiple_of=self.pad_to_multiple_of,
         )

@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.forward import forward_split
 
 if TYPE_CHECKING:
     import torch
@@ -175,25 +176,14 @@ def run_baselines(
     return results
 
 
-# Tasks each baseline applies to.
-_TASKS = {
-    "majority": ("text_classification",),
-    "tfidf_logreg": ("text_classification",),
-    "frozen_probe": ("text_classification", "token_classification"),
-}
-
-
 def _skip_reason(name: str, module: TaskModule) -> str | None:
-    task = module.task_name
-    if task in ("causal_lm", "masked_lm"):
-        return (
-            f"no baseline of this kind for {task}: the untouched starting model (the 'before' "
-            "column) is the baseline"
-        )
-    if task not in _TASKS[name]:
-        return f"applies to {' and '.join(_TASKS[name])}, not {task}"
-    if getattr(module, "multi_label", False):
-        return "not implemented for multi-label classification"
+    family = module.family
+    if not family.baselines:
+        return f"no baseline of this kind for {family.name}: {family.baseline_note}"
+    if name not in family.baselines:
+        return f"does not apply to {family.name} (it takes {', '.join(family.baselines)})"
+    if problem := module.baseline_problem(name):
+        return problem
     if name != "majority" and not sklearn_available():
         return SKLEARN_MISSING
     return None
@@ -231,7 +221,7 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
     import torch
 
     backbone = _untouched_model(module)
-    per_word = module.task_name == "token_classification"
+    per_word = module.family.label_unit == "token"
     step = _word_features if per_word else _pooled_features
     # Per split: per batch (features, gold labels); features of labelled positions only.
     read = {
@@ -250,25 +240,27 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
         for features, gold in read[split]:
             scores = label_scores(model, features.numpy(), len(module.label_names))
             if per_word:
-                keep = gold != -100
+                keep = gold != IGNORE_INDEX
                 full = torch.zeros(*gold.shape, scores.shape[-1])  # (batch, seq, tags)
                 full[keep] = scores
                 scores = full
             batches.append((scores, gold))
         return batches
 
-    def entity_f1(model: Any) -> float:
-        return task_scores(module, "val", scored(model, "validation"))["val/f1"]
+    chosen_by = f"val/{module.family.primary_metric}"
+
+    def validation_score(model: Any) -> float:
+        """The family's own primary metric on validation (entity F1 for tagging)."""
+        return task_scores(module, "val", scored(model, "validation"))[chosen_by]
 
     (train_x, train_y), (val_x, val_y) = flat("train"), flat("validation")
-    # NER picks C by validation entity F1, the task's own figure; classification by accuracy.
     fit = fit_logreg(
         train_x.numpy(),
         train_y.numpy(),
         val_x.numpy(),
         val_y.numpy(),
         scale=True,
-        val_score=entity_f1 if per_word else None,
+        val_score=validation_score,
     )
     metrics = {}
     for split, stage in STAGES.items():
@@ -282,7 +274,7 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
         "feature_size": int(train_x.shape[1]),
         "train_rows": int(train_x.shape[0]),
         "C": fit.c,
-        "chosen_by": "validation entity F1" if per_word else "validation accuracy",
+        "chosen_by": chosen_by,
         "validation_score": round(fit.validation_score, 4),
     }
     return metrics, details
@@ -292,7 +284,7 @@ _RUNNERS = {"majority": _majority, "tfidf_logreg": _tfidf_logreg, "frozen_probe"
 
 
 def _labelled(gold: torch.Tensor, per_word: bool) -> torch.Tensor:
-    return gold[gold != -100] if per_word else gold
+    return gold[gold != IGNORE_INDEX] if per_word else gold
 
 
 def _untouched_model(module: TaskModule) -> Any:
@@ -323,7 +315,7 @@ def _word_features(backbone: Any, batch: dict) -> tuple[torch.Tensor, torch.Tens
     """The last hidden state at every labelled position, and the (batch, seq) gold tags."""
     hidden = _last_hidden_state(backbone, batch)  # (batch, seq, hidden)
     labels = batch["labels"]  # (batch, seq), -100 where no tag is scored
-    return hidden[labels != -100].float().cpu(), labels.cpu()
+    return hidden[labels != IGNORE_INDEX].float().cpu(), labels.cpu()
 
 
 def label_scores(model: Any, x: Any, num_labels: int) -> torch.Tensor:
@@ -349,47 +341,3 @@ def task_scores(
     for scores, gold in batches:
         module.update_metrics(metrics, scores, {"labels": gold})
     return {f"{stage}/{k}": float(v) for k, v in module.compute_metrics(metrics).items()}
-
-
-# ----- one pass of a module over a split --------------------------------------------------------
-@contextmanager
-def _evaluating(module: TaskModule, device: Any) -> Iterator[None]:
-    """Eval mode, no gradients, on `device`; the module's mode and device come back after."""
-    import torch
-
-    was_training, was_on = module.training, module.device
-    module.eval()
-    module.to(device or was_on)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.to(was_on)
-        module.train(was_training)
-
-
-def forward_split(
-    module: TaskModule,
-    datamodule: TextDataModule,
-    split: str,
-    step: Callable[[dict], T],
-    device: torch.device | str | None = None,
-) -> list[T]:
-    """`step(batch)` over the split's evaluation batches in row order (the datamodule's own
-    loaders sort them by length), in eval mode, without gradients, on `device` (default: where
-    the module is)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(
-        datamodule.splits[split],
-        batch_size=datamodule.eval_batch_size,
-        collate_fn=datamodule.eval_collator(),
-        # Its own generator: a loader never draws from the global RNG (dropout, resume).
-        generator=torch.Generator(),
-    )
-    outputs = []
-    with _evaluating(module, device):
-        for batch in loader:
-            outputs.append(step({k: v.to(module.device) for k, v in batch.items()}))
-    return outputs

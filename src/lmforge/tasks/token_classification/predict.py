@@ -1,17 +1,14 @@
-"""Token classification (named-entity recognition) over word-aligned subword labels."""
+"""Predictions of a tagger: a tag per word and the entity spans, windows for long inputs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
-from transformers import AutoModelForTokenClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from lmforge.tasks.base import TaskModule
-from lmforge.tasks.metrics import IGNORE, EntityScores
+from lmforge.errors import LmforgeError
+from lmforge.tasks.predictor import InputText, Predictor
 
 
 def entity_spans(
@@ -101,103 +98,51 @@ def tag_sentences(
     return results
 
 
-class TokenClassificationModule(TaskModule):
-    """A pretrained encoder with a per-token tagging head over `label_names` (tags).
-
-    Metrics: entity-level `precision`, `recall`, `f1` (micro) and `f1_<TYPE>` as seqeval
-    computes them (conlleval-compatible by default, `strict` for exact IOB2/IOBES), and
-    `token_acc` over the labelled subwords.
-    """
-
-    task_name = "token_classification"
-    auto_class = AutoModelForTokenClassification
-    pipeline_task = "token-classification"
-
-    def __init__(
-        self,
-        pretrained: str | None,
-        label_names: list[str],
-        tokenizer: str | None = None,
-        tag_scheme: str = "IOB2",
-        strict: bool = False,
-        classifier_dropout: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.label_names = list(label_names)
-        self.tag_scheme = tag_scheme
-        self.strict = strict
-        self.classifier_dropout = classifier_dropout
-        super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
-
-    def build_model(self) -> PreTrainedModel:
-        fields = self.label_fields(self.label_names, self.classifier_dropout)
-        return self.load_pretrained(self.auto_class, **fields)
-
-    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = self.model(**inputs).logits  # (batch, seq, num_tags)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
-        return loss, logits
-
-    def supports_distillation(self) -> bool:
-        return True
-
-    def distillation_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return batch["labels"] != IGNORE  # (batch, seq): labelled subwords only
-
-    def configure_metrics(self, stage: str) -> nn.Module:
-        if stage == "train":
-            return nn.ModuleDict()
-        return nn.ModuleDict(
-            {
-                "entities": EntityScores(self.label_names, self.strict, self.tag_scheme),
-                "token_acc": MulticlassAccuracy(
-                    num_classes=len(self.label_names), average="micro", ignore_index=IGNORE
-                ),
-            }
+def window_stride(max_length: int, tokenizer: PreTrainedTokenizerBase, stride: int | None) -> int:
+    """Tokens shared by consecutive windows of a long input (None: a quarter of the window);
+    it must leave room in a window for new words."""
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    chosen = room // 4 if stride is None else stride
+    if not 0 <= chosen < room:
+        raise LmforgeError(
+            f"stride={stride} must be less than the {room} word tokens of a window "
+            f"(max_length={max_length} minus special tokens)."
         )
+    return chosen
 
-    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
-        predictions = outputs.argmax(dim=-1)  # (batch, seq)
-        metrics["entities"].update(predictions, batch["labels"])
-        metrics["token_acc"].update(predictions.flatten(), batch["labels"].flatten())
 
-    def tag_words(
-        self,
-        sentences: list[list[str]],
-        tokenizer,
-        max_length: int = 512,
-        stride: int | None = None,
-        batch_size: int = 32,
-    ) -> list[dict]:
-        """Tag pre-split sentences: per word its tag and probability (`scores`, read at the
-        word's first subword), and the entity spans. Sentences longer than `max_length`
-        subwords are read in windows overlapping by `stride` tokens (default: a quarter of the
-        window), so no word goes untagged."""
-        room = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+class TokenClassificationPredictor(Predictor):
+    """Per input: its words (split on whitespace, or a row's list of words), a tag per word and
+    the entity spans with their mean word probability."""
+
+    reads_words = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        stride = self.options.get("stride") if self.options is not None else None
+        self.stride = window_stride(self.max_length, self.tokenizer, stride)
+        self.batch_size = int(self.options.get("batch_size") or 32) if self.options else 32
+
+    def predict(self, batch: list[InputText]) -> list[dict[str, Any]]:
+        sentences = [
+            item.text if isinstance(item.text, list) else item.text.split() for item in batch
+        ]
         tagged = tag_sentences(
             self.model,
-            tokenizer,
+            self.tokenizer,
             sentences,
             self.label_names,
-            max_length,
-            room // 4 if stride is None else stride,
-            batch_size,
+            self.max_length,
+            self.stride,
+            self.batch_size,
             self.device,
         )
         return [
             {
+                "text": item.text if isinstance(item.text, str) else " ".join(item.text),
                 "words": words,
                 "tags": tags,
-                "scores": scores,
                 "entities": entity_spans(words, tags, scores),
             }
-            for words, (tags, scores) in zip(sentences, tagged, strict=True)
+            for item, words, (tags, scores) in zip(batch, sentences, tagged, strict=True)
         ]
-
-    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
-        values = dict(metrics["entities"].compute())
-        values["token_acc"] = metrics["token_acc"].compute()
-        for metric in metrics.values():
-            metric.reset()
-        return values

@@ -10,13 +10,13 @@ import datasets
 from transformers import DataCollatorForTokenClassification
 
 from lmforge.data.datamodule import TextDataModule
+from lmforge.data.labels import IGNORE_INDEX
 from lmforge.data.sources import FORMATS, check_file, load_file, require_columns
 from lmforge.errors import LmforgeError
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob2", ".bio", ".txt")
 # Tag prefixes each scheme allows besides "O".
 SCHEME_PREFIXES = {"IOB1": ("B", "I"), "IOB2": ("B", "I"), "IOBES": ("B", "I", "E", "S")}
-IGNORE = -100
 
 
 def check_tag(tag: str, scheme: str) -> bool:
@@ -101,17 +101,17 @@ def align_labels(
     inside_of: dict[int, int],
 ) -> list[int]:
     """One label per subword: the word's label on its first subword; later subwords get
-    IGNORE, or (with `label_all_subwords`) the word's label with B- turned into I-."""
+    IGNORE_INDEX, or (with `label_all_subwords`) the word's label with B- turned into I-."""
     labels, previous = [], None
     for word in word_ids:
         if word is None:
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
         elif word != previous:
             labels.append(word_labels[word])
         elif label_all_subwords:
             labels.append(inside_of.get(word_labels[word], word_labels[word]))
         else:
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
         previous = word
     return labels
 
@@ -159,6 +159,13 @@ class TokenClassificationDataModule(TextDataModule):
     @property
     def label_names(self) -> list[str]:
         return self.meta["label_names"]
+
+    def model_inputs(self) -> dict[str, Any]:
+        return {"label_names": self.label_names}
+
+    def run_settings(self) -> dict[str, Any]:
+        # Inputs are words: a row's list of words, or a text split on whitespace.
+        return {**super().run_settings(), "text_column": self.token_column}
 
     def preprocessing_settings(self) -> dict[str, Any]:
         return {
@@ -325,5 +332,7 @@ class TokenClassificationDataModule(TextDataModule):
 
     def build_collator(self) -> DataCollatorForTokenClassification:
         return DataCollatorForTokenClassification(
-            self.tokenizer, label_pad_token_id=IGNORE, pad_to_multiple_of=self.pad_to_multiple_of
+            self.tokenizer,
+            label_pad_token_id=IGNORE_INDEX,
+            pad_to_multiple_of=self.pad_to_multiple_of,
         )

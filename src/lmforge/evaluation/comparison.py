@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.baselines import forward_split
-from lmforge.rundir import PREDICTIONS_FILE, write_new
+from lmforge.evaluation.forward import forward_split
+from lmforge.reporting.formatting import format_number, lower_is_better, markdown_cell
+from lmforge.runtime.rundir import PREDICTIONS_FILE, write_new
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -24,10 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPARISON_FILE = "comparison.md"
-# Metric names ending so are better when lower (losses, perplexity).
-LOWER_IS_BETTER = ("loss", "perplexity")
 # Longest text shown for a flipped example in comparison.md (metrics.json keeps it whole).
 SHOWN_TEXT = 160
+# A value the table has no number for.
+MISSING = "—"
 
 
 # ----- the start -------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def predict_labels(
     """The module's predicted label id per example of `split`, in row order (multi-label: the
     list of predicted ids); None for tasks without one label per example. The one function
     behind both the 'before' and the 'after' predictions."""
-    if module.task_name != "text_classification":
+    if not module.labels_per_example:
         return None
 
     def predict(batch: dict) -> list[Any]:
@@ -101,14 +102,6 @@ def run_test_with_predictions(
         for row, label in zip(rows, recorded[index], strict=True):
             predicted[row] = label
     return metrics, predicted
-
-
-def gold_labels(datamodule: TextDataModule, split: str = "test") -> list[Any]:
-    """Gold label id per example (multi-label: the list of ids), as `predict_labels` gives."""
-    labels = datamodule.splits[split]["labels"]
-    if datamodule.multi_label:
-        return [[i for i, on in enumerate(row) if on] for row in labels]
-    return list(labels)
 
 
 def _label_name(label: Any, label_names: list[str]) -> str:
@@ -155,10 +148,6 @@ def flipped_examples(
 
 
 # ----- the table ----------------------------------------------------------------------------
-def higher_is_better(key: str) -> bool:
-    return not key.split("/")[-1].endswith(LOWER_IS_BETTER)
-
-
 def comparison_rows(
     before: dict[str, float] | None,
     after: dict[str, float],
@@ -173,7 +162,7 @@ def comparison_rows(
     keys.sort(key=lambda k: not k.startswith("test/"))  # stable: test first, then the rest
     rows = {}
     for key in keys:
-        higher = higher_is_better(key)
+        higher = not lower_is_better(key)
         row: dict[str, Any] = {"higher_is_better": higher}
         old, new = (before or {}).get(key), after.get(key)
         if before is not None:
@@ -209,7 +198,7 @@ def build_comparison(
         module: the task module holding the evaluated ('after') weights.
         before: the before-training record (None when `evaluate_before=false`).
         after: `{"validation": {...}, "test": {...}}` metrics of the evaluated weights.
-        baselines: `lmforge.baselines.run_baselines`' result.
+        baselines: `lmforge.evaluation.baselines.run_baselines`' result.
         checkpoint: the checkpoint the 'after' figures come from (None: the final weights).
         max_flipped: flipped test examples listed per direction (0: none).
         predictions: the evaluated weights' test predictions (`predict_test_split`).
@@ -226,6 +215,7 @@ def build_comparison(
         "rows": comparison_rows(before_metrics, after_metrics, scored),
         "baselines": baselines,
         "task": module.task_name,
+        "baseline_note": module.family.baseline_note,
     }
     previous = (before or {}).get("predictions", {}).get("test")
     if max_flipped and previous is not None and predictions is not None:
@@ -286,7 +276,8 @@ def predict_test_split(
     if predicted is None:
         return None
     texts = datamodule.row_texts(datamodule.raw_splits()["test"])
-    return SplitPredictions(texts, gold_labels(datamodule), predicted, list(module.label_names))
+    gold = datamodule.gold_labels("test")
+    return SplitPredictions(texts, gold, predicted, list(module.label_names))
 
 
 def write_test_predictions(run_dir: Path, predictions: SplitPredictions) -> Path:
@@ -299,18 +290,6 @@ def write_test_predictions(run_dir: Path, predictions: SplitPredictions) -> Path
 
 
 # ----- comparison.md ----------------------------------------------------------------------------
-def _number(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
-
-
-def _signed(value: float | None, suffix: str = "") -> str:
-    if value is None:
-        return "—"
-    return (f"{value:+,.1f}" if abs(value) >= 1000 or suffix else f"{value:+.4f}") + suffix
-
-
 def _short_paths(text: str) -> str:
     """Long paths cut to their last three parts, for column headers (the intro has them whole)."""
     words = text.split(" ")
@@ -319,10 +298,6 @@ def _short_paths(text: str) -> str:
         if len(parts) > 4 and len(word) > 40:
             words[i] = "…/" + "/".join(parts[-3:]) + ("," if word.endswith(",") else "")
     return " ".join(words)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def render_comparison(comparison: dict[str, Any]) -> str:
@@ -345,21 +320,21 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         "",
         _intro(comparison),
         "",
-        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "| " + " | ".join(markdown_cell(h) for h in header) + " |",
         "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
     ]
     for key, row in comparison["rows"].items():
         cells = [key + ("" if row["higher_is_better"] else " (lower is better)")]
         if has_before:
             cells += [
-                _number(row["before"]),
-                _number(row["after"]),
-                _signed(row["change"]),
-                _signed(row["change_percent"], "%"),
+                format_number(row["before"], missing=MISSING),
+                format_number(row["after"], missing=MISSING),
+                format_number(row["change"], signed=True, missing=MISSING),
+                format_number(row["change_percent"], signed=True, percent=True, missing=MISSING),
             ]
         else:
-            cells.append(_number(row["after"]))
-        cells += [_number(row[name]) for name in scored]
+            cells.append(format_number(row["after"], missing=MISSING))
+        cells += [format_number(row[name], missing=MISSING) for name in scored]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *_baseline_lines(comparison["baselines"])]
     if "flipped" in comparison:
@@ -377,11 +352,8 @@ def _intro(comparison: dict[str, Any]) -> str:
     else:
         parts.append("The starting model was not evaluated (`evaluate_before=false`).")
     parts.append(f"**After** is the {comparison['after']}.")
-    if comparison["task"] in ("causal_lm", "masked_lm"):
-        parts.append(
-            "For language modelling the untouched pretrained model, the 'before' column, is the "
-            "baseline."
-        )
+    if comparison.get("baseline_note"):
+        parts.append(comparison["baseline_note"])
     parts.append(
         "Validation rows favour 'after' and the logistic-regression baselines alike (the best "
         "checkpoint and C were chosen on validation); test rows are the fair comparison."
@@ -442,7 +414,7 @@ def _flipped_lines(flipped: dict[str, Any]) -> list[str]:
                 example["before"],
                 example["after"],
             ]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
     return lines
 
 

@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
+from transformers import PreTrainedModel
 
+from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 from lmforge.tasks.base import TaskModule
-from lmforge.tasks.metrics import IGNORE, TokenLoss
+from lmforge.tasks.language_modeling.metrics import TokenLoss
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class LanguageModelingModule(TaskModule):
         """Config fields that tie a model built from scratch to the tokenizer's vocabulary."""
         if not self.hparams.get("from_config") or self._hf_config is not None:
             return {}
-        from lmforge.data.language_modeling import document_separator
+        from lmforge.tasks.language_modeling.data import document_separator
 
         tokenizer = self.tokenizer_object()
         separator = document_separator(tokenizer)
@@ -68,7 +69,7 @@ class LanguageModelingModule(TaskModule):
 
     @staticmethod
     def predicted_tokens(labels: torch.Tensor) -> torch.Tensor:
-        return (labels != IGNORE).sum()
+        return (labels != IGNORE_INDEX).sum()
 
     def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:
         return max(int(self.predicted_tokens(batch["labels"])), 1)
@@ -102,8 +103,6 @@ class CausalLMModule(LanguageModelingModule):
     """
 
     task_name = "causal_lm"
-    auto_class = AutoModelForCausalLM
-    pipeline_task = "text-generation"
     objective = "causal"
 
     def __init__(
@@ -121,11 +120,13 @@ class CausalLMModule(LanguageModelingModule):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
-        return self.load_pretrained(self.auto_class, **self.vocabulary_fields())
+        return self.load_pretrained(**self.vocabulary_fields())
 
     @staticmethod
     def predicted_tokens(labels: torch.Tensor) -> torch.Tensor:
-        return (labels[:, 1:] != IGNORE).sum()  # the model shifts: the first token is no target
+        return (
+            labels[:, 1:] != IGNORE_INDEX
+        ).sum()  # the model shifts: the first token is no target
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Continue each prompt with the model's generation settings."""
@@ -170,24 +171,22 @@ class MaskedLMModule(LanguageModelingModule):
     and the run records it. Extra metric: `masked_acc`, accuracy on the masked tokens."""
 
     task_name = "masked_lm"
-    auto_class = AutoModelForMaskedLM
-    pipeline_task = "fill-mask"
     objective = "masked"
 
     def build_model(self) -> PreTrainedModel:
-        return self.load_pretrained(self.auto_class, **self.vocabulary_fields())
+        return self.load_pretrained(**self.vocabulary_fields())
 
     def configure_metrics(self, stage: str) -> nn.Module:
         metrics = super().configure_metrics(stage)
         if stage != "train":
             vocabulary = self.model.config.vocab_size
             metrics["masked_acc"] = MulticlassAccuracy(
-                num_classes=vocabulary, average="micro", ignore_index=IGNORE
+                num_classes=vocabulary, average="micro", ignore_index=IGNORE_INDEX
             )
         return metrics
 
     def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
         super().update_metrics(metrics, outputs, batch)
         labels = batch["labels"]
-        keep = labels != IGNORE
+        keep = labels != IGNORE_INDEX
         metrics["masked_acc"].update(outputs["logits"].argmax(dim=-1)[keep], labels[keep])

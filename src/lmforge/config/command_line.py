@@ -22,10 +22,10 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from lmforge.config import group_options, process_rank
+from lmforge.config.resources import config_dir
+from lmforge.config.validation import group_options, process_rank
 from lmforge.errors import LmforgeError
-from lmforge.resources import config_dir
-from lmforge.rundir import check_resumable, check_run_dir_is_free
+from lmforge.runtime.rundir import check_resumable, check_run_dir_is_free
 
 # Hydra flags after which no job runs, or that load configs from elsewhere: Hydra handles them.
 HANDS_OFF_FLAGS = {

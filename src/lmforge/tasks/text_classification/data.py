@@ -59,6 +59,23 @@ class TextClassificationDataModule(TextDataModule):
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    def gold_labels(self, split: str) -> list[Any]:
+        """Gold label id per example of `split` (multi-label: the list of ids)."""
+        labels = self.splits[split]["labels"]
+        if self.multi_label:
+            return [[i for i, on in enumerate(row) if on] for row in labels]
+        return list(labels)
+
+    def model_inputs(self) -> dict[str, Any]:
+        return {"label_names": self.label_names}
+
+    def run_settings(self) -> dict[str, Any]:
+        return {
+            **super().run_settings(),
+            "text_column": self.text_column,
+            "text_pair_column": self.text_pair_column,
+        }
+
     def preprocessing_settings(self) -> dict[str, Any]:
         return {
             **super().preprocessing_settings(),

@@ -2,7 +2,7 @@
 
 Two stages, so that a config mistake fails in well under a second:
 
-1. `check_config`: the schema (types, ranges, unknown top-level keys; `lmforge.schema`) and
+1. `check_config`: the schema (types, ranges, unknown top-level keys; `lmforge.config.schema`) and
    the cross-field rules below. Reads only the config, conf/ and the file system: no torch.
 2. `check_model_fits`: what needs the model's own config.json and tokenizer (position limit,
    vocabulary size). Loads transformers, but no weights and no data.
@@ -20,13 +20,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lmforge.baselines import BASELINES
-from lmforge.compatibility import strategy_problem
+from lmforge.config.compatibility import strategy_problem
+from lmforge.config.resources import config_dir
+from lmforge.config.schema import schema_problems
 from lmforge.errors import LmforgeError
-from lmforge.resources import config_dir
-from lmforge.rundir import check_run_dir_is_free
-from lmforge.schema import schema_problems
-from lmforge.task_families import TASK_FAMILIES, class_name, family_of_module
+from lmforge.evaluation.baselines import BASELINES
+from lmforge.positions import usable_positions
+from lmforge.runtime.rundir import check_run_dir_is_free
+from lmforge.tasks import families_of_datamodule, family_of_module
+from lmforge.tasks.spec import TaskFamily, class_name
 
 PRECISIONS = {
     "auto",
@@ -51,9 +53,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-# Architectures whose learned positions start after the padding index, so max_position_embeddings
-# counts pad_token_id + 1 slots that no token can use (RoBERTa: 514 -> 512 tokens).
-OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod"}
 
 
 def validate_training_config(cfg: DictConfig) -> None:
@@ -64,7 +63,11 @@ def validate_training_config(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """The fast stage: schema and cross-field rules, on the config alone."""
-    problems = schema_problems(cfg)
+    family = family_of_module(_select(cfg, "model._target_"))
+    if family is not None and family.data_schema is not None:
+        problems = schema_problems(cfg, family.data_schema, family.model_schema)
+    else:
+        problems = schema_problems(cfg)
     if not problems:
         # Cross-field rules assume each value has the right type.
         for rule in (
@@ -247,16 +250,22 @@ def _options_building(group: str, class_of_target: str) -> str:
 def _check_task_parts(cfg: DictConfig, problems: list[str]) -> None:
     """The model's task family and the data's datamodule must belong together."""
     family = family_of_module(_select(cfg, "model._target_"))
-    data_class = class_name(_select(cfg, "data._target_") or "")
-    known = {f.datamodule for f in TASK_FAMILIES.values()}
-    if family is None or data_class not in known or data_class == family.datamodule:
+    data_target = _select(cfg, "data._target_") or ""
+    readers = families_of_datamodule(data_target)
+    if family is None or not readers or family in readers:
         return
+    wanted = class_name(family.datamodule)
     problems.append(
-        f"model._target_ trains {family.task} ({family.module}), which reads "
-        f"{family.datamodule} data ({_options_building('data', family.datamodule)}), but "
-        f"data._target_ builds {data_class}. Pick a matching model and data, or an "
-        "experiment (experiment=debian_ner_minilm, ...) that sets both."
+        f"model._target_ trains {family.name} ({class_name(family.module)}), which reads "
+        f"{wanted} data ({_options_building('data', wanted)}), but data._target_ builds "
+        f"{class_name(data_target)}. Pick a matching model and data, or an experiment "
+        "(experiment=debian_ner_minilm, ...) that sets both."
     )
+
+
+def _family_flags(cfg: DictConfig, family: TaskFamily) -> dict[str, bool]:
+    """The boolean config keys that decide which of the family's metrics are logged."""
+    return {key: bool(_select(cfg, key)) for key in family.only_when.values()}
 
 
 def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
@@ -264,7 +273,7 @@ def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
     family = family_of_module(_select(cfg, "model._target_"))
     if family is None:
         return
-    flags = {"model.multi_label": bool(_select(cfg, "model.multi_label"))}
+    flags = _family_flags(cfg, family)
     logged = ", ".join(family.monitorable(flags))
     optimized = _select(cfg, "optimized_metric")
     watched = [("optimized_metric", optimized)]
@@ -278,7 +287,7 @@ def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
     for key, metric in watched:
         if not family.logs(str(metric), flags):
             problems.append(
-                f"{key}={metric!r} is not a metric the {family.task} task logs during "
+                f"{key}={metric!r} is not a metric the {family.name} task logs during "
                 f"training, so no checkpoint or early stop could follow it; it logs {logged} "
                 "(<...>: one per label or entity type)."
             )
@@ -351,18 +360,16 @@ def _plain_dict(node: Any) -> dict[str, Any]:
 def _check_positions(
     cfg: DictConfig, fields: dict[str, Any], source: str, problems: list[str]
 ) -> None:
-    limit = fields.get("max_position_embeddings") or fields.get("n_positions")
-    if not isinstance(limit, int):
-        return  # relative or rotary positions: no fixed limit
-    if fields.get("model_type") in OFFSET_POSITIONS:
-        limit -= int(fields.get("pad_token_id") or 0) + 1
-    for key in ("data.max_length", "data.block_size"):
-        length = _select(cfg, key)
-        if length is not None and length > limit:
-            problems.append(
-                f"{key}={length} is longer than the {limit} positions of {source}; expected "
-                f"{limit} or less."
-            )
+    limit = usable_positions(fields)
+    family = family_of_module(_select(cfg, "model._target_"))
+    if limit is None or family is None:
+        return
+    length = _select(cfg, family.length_key)
+    if length is not None and length > limit:
+        problems.append(
+            f"{family.length_key}={length} is longer than the {limit} positions of {source}; "
+            f"expected {limit} or less."
+        )
 
 
 @functools.cache

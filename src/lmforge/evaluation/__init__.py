@@ -1,0 +1,1 @@
+"""Evaluation around training: baselines, the before/after comparison, shared forward passes."""

@@ -1,0 +1,1 @@
+"""Reports of runs, multiruns and sweeps: tables, plots and one number formatter."""

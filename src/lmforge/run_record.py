@@ -1,0 +1,116 @@
+"""What a training run leaves in its directory, built in one place: the records written when
+it starts (config, reproducibility, tokenizer, labels) and those written when it ends
+(metrics.json, comparison.md, test predictions, learning curves), also sent to the loggers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from lmforge.evaluation.comparison import (
+    before_summary,
+    build_comparison,
+    predict_test_split,
+    write_comparison,
+    write_test_predictions,
+)
+from lmforge.evaluation.testing import best_validation
+from lmforge.loggers import publish_run_results
+from lmforge.reporting.report import plot_run_curves
+from lmforge.runtime.callbacks import peak_memory
+from lmforge.runtime.reproducibility import record_reproducibility
+from lmforge.runtime.rundir import (
+    LABELS_FILE,
+    METRICS_FILE,
+    TOKENIZER_DIR,
+    record_config,
+    write_json,
+)
+from lmforge.runtime.trainer import RunTrainer
+
+log = logging.getLogger(__name__)
+
+
+def record_start(cfg: DictConfig, run_dir: Path, datamodule: Any, module: Any) -> None:
+    """The resolved config, the reproducibility record, the tokenizer and the label map."""
+    record_config(run_dir, cfg)
+    record_reproducibility(run_dir, cfg, datamodule.data_fingerprints)
+    if not (run_dir / TOKENIZER_DIR).exists():
+        datamodule.tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+    labels = module.run_settings().get("labels")
+    if labels and not (run_dir / LABELS_FILE).exists():
+        write_json(run_dir, LABELS_FILE, {"id2label": dict(enumerate(labels))})
+
+
+def record_end(
+    cfg: DictConfig,
+    run_dir: Path,
+    run: RunTrainer,
+    module: Any,
+    datamodule: Any,
+    evaluations: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """metrics.json and the files beside it; returns the metrics record.
+
+    Args:
+        evaluations: `before` (the before-training record or None), `after` (validation and
+            test metrics of the evaluated weights), `predicted` (the test pass's labels or
+            None), `baselines` and `resumed` (where a resumed run started).
+    """
+    after = evaluations["after"]
+    best = best_validation(cfg, run)
+    # The test pass's predictions serve the confusion matrix, the flipped examples and
+    # test_predictions.jsonl (tasks with one label per example).
+    predictions = (
+        predict_test_split(module, datamodule, run.device, evaluations["predicted"])
+        if after.get("test")
+        else None
+    )
+    comparison = build_comparison(
+        module,
+        datamodule,
+        evaluations["before"],
+        after,
+        evaluations["baselines"],
+        checkpoint=(best or {}).get("checkpoint"),
+        max_flipped=cfg.compare.max_flipped,
+        predictions=predictions,
+    )
+    metrics = {
+        "task": module.task_name,
+        "test": after.get("test", {}),
+        "validation": after.get("validation", {}),
+        "before_training": before_summary(evaluations["before"]),
+        "comparison": comparison,
+        "confusion_matrix": predictions.confusion_matrix() if predictions else None,
+        "best_validation": best,
+        "optimized_metric": cfg.optimized_metric,
+        "wall_time_seconds": round(time.perf_counter() - started, 2),
+        "train_samples_per_second": run.samples_per_second,
+        "precision": str(cfg.trainer.precision),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "peak_memory": peak_memory(),
+        **run.progress,
+        "parameters": module.parameter_counts(),
+        "finetune": module.finetune.describe(),
+        "data": {split: len(ds) for split, ds in datamodule.splits.items()},
+        "tokenization_cache_hit": datamodule.cache_hit,
+        "data_checks": datamodule.data_report,
+        "resumed_from": evaluations["resumed"],
+    }
+    path = write_json(run_dir, METRICS_FILE, metrics)
+    write_comparison(run_dir, comparison)
+    plot_run_curves(run_dir, cfg.optimized_metric)
+    if predictions:
+        write_test_predictions(run_dir, predictions)
+    publish_run_results(run.trainer.loggers, run_dir, metrics)
+    log.info("Test metrics: %s", json.dumps(metrics["test"]))
+    log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
+    return metrics

@@ -1,0 +1,67 @@
+"""Language modelling: causal (GPT-style, `model=gpt2`) and masked (BERT-style, `model=mlm`).
+
+Two families over one data module: plain text, grouped into blocks or cut per document.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
+from lmforge.tasks.spec import TaskFamily
+
+
+class LanguageModelingData(DataSchema):
+    block_size: int | None = Field(ABSENT, gt=0)
+    mlm_probability: float = Field(ABSENT, gt=0, lt=1)
+
+
+class LanguageModelingModel(ModelSchema):
+    generate_max_new_tokens: int = Field(ABSENT, gt=0)
+
+
+_SHARED = {
+    "datamodule": "lmforge.tasks.language_modeling.data.LanguageModelingDataModule",
+    "lower_is_better": ("loss", "perplexity"),
+    "primary_metric": "perplexity",
+    "baseline_note": (
+        "For language modelling the untouched pretrained model, the 'before' column, is the "
+        "baseline."
+    ),
+    "length_key": "data.block_size",
+    # Language models train on ids and mask; a WordPiece tokenizer's token type ids would
+    # add an embedding a GPT-2 never saw.
+    "token_type_ids": False,
+    "data_schema": LanguageModelingData,
+    "model_schema": LanguageModelingModel,
+}
+
+FAMILIES = (
+    TaskFamily(
+        name="causal_lm",
+        module="lmforge.tasks.language_modeling.module.CausalLMModule",
+        predictor="lmforge.tasks.language_modeling.predict.CausalLMPredictor",
+        auto_class="AutoModelForCausalLM",
+        pipeline_tag="text-generation",
+        architecture_suffixes=("ForCausalLM", "LMHeadModel"),
+        peft_task_type="CAUSAL_LM",
+        peft_task_wrapper=True,
+        prompt_learning=True,
+        metrics=("loss", "perplexity"),
+        experiment="debian_lm_gpt2_scratch",
+        example_inputs=("This package provides",),
+        **_SHARED,
+    ),
+    TaskFamily(
+        name="masked_lm",
+        module="lmforge.tasks.language_modeling.module.MaskedLMModule",
+        predictor="lmforge.tasks.language_modeling.predict.MaskedLMPredictor",
+        auto_class="AutoModelForMaskedLM",
+        pipeline_tag="fill-mask",
+        architecture_suffixes=("ForMaskedLM",),
+        metrics=("loss", "perplexity", "masked_acc"),
+        experiment="debian_mlm_minilm",
+        example_inputs=("This package provides a [MASK] for the terminal.",),
+        **_SHARED,
+    ),
+)

@@ -1,0 +1,135 @@
+"""Predictions of language models: continuations of prompts (causal), mask fills (masked)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from lmforge.errors import LmforgeError
+from lmforge.positions import usable_positions
+from lmforge.tasks.predictor import InputText, Predictor
+
+
+def decode_generation(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[int], new: list[int]
+) -> dict[str, str]:
+    """The decoded prompt + continuation, and the continuation alone (cut from the full text,
+    so a continued word such as WordPiece's `##s` reads right)."""
+    full = tokenizer.decode(prompt + new, skip_special_tokens=True)
+    head = tokenizer.decode(prompt, skip_special_tokens=True)
+    tail = (
+        full[len(head) :]
+        if full.startswith(head)
+        else tokenizer.decode(new, skip_special_tokens=True)
+    )
+    return {"text": full, "continuation": tail.strip()}
+
+
+class CausalLMPredictor(Predictor):
+    """Per prompt: `generate.num_return_sequences` generations, each the decoded prompt +
+    continuation and the continuation alone. Prompts longer than the model can take keep
+    their end."""
+
+    @torch.inference_mode()
+    def predict(self, batch: list[InputText]) -> list[dict[str, Any]]:
+        options = self.options.generate
+        tokenizer = self.tokenizer
+        room = self.max_length
+        positions = usable_positions(self.model.config.to_dict())
+        if positions:
+            room = min(room, positions - options.max_new_tokens)
+        if room < 1:
+            raise LmforgeError(
+                f"generate.max_new_tokens={options.max_new_tokens} leaves no room for the prompt "
+                f"in the model's {positions} positions."
+            )
+        prompts = [
+            tokenizer(str(item.text), add_special_tokens=False)["input_ids"][-room:]
+            for item in batch
+        ]
+        for item, prompt in zip(batch, prompts, strict=True):
+            if not prompt:
+                raise LmforgeError(f"{item.where} gives no tokens to continue: {item.text!r}.")
+        # Left padding: every prompt ends where generation starts.
+        width = max(len(p) for p in prompts)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor(
+            [[pad] * (width - len(p)) + p for p in prompts], device=self.device
+        )
+        attention_mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
+        sampling = (
+            {"temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p}
+            if options.do_sample
+            else {}
+        )
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=options.max_new_tokens,
+            do_sample=options.do_sample,
+            num_return_sequences=options.num_return_sequences,
+            pad_token_id=pad,
+            **sampling,
+        )  # (batch * num_return_sequences, width + new)
+        new_tokens = output[:, width:].tolist()
+        records = []
+        count = options.num_return_sequences
+        for index, (item, prompt) in enumerate(zip(batch, prompts, strict=True)):
+            generations = [
+                decode_generation(tokenizer, prompt, new)
+                for new in new_tokens[index * count : (index + 1) * count]
+            ]
+            records.append({"text": str(item.text), "generations": generations})
+        return records
+
+
+class MaskedLMPredictor(Predictor):
+    """Per text: for each mask token, in order, the `fill_top_k` most likely tokens and their
+    probabilities (special tokens left out)."""
+
+    def check(self, inputs: list[InputText]) -> None:
+        mask = self.tokenizer.mask_token
+        if mask is None:
+            raise LmforgeError("The masked LM's tokenizer has no mask token to fill.")
+        for item in inputs:
+            if mask not in str(item.text):
+                raise LmforgeError(
+                    f"{item.where} has no mask token: write {mask} where the model should fill "
+                    f"in a word (e.g. 'the {mask} was won'). Got {str(item.text)[:80]!r}."
+                )
+
+    @torch.inference_mode()
+    def predict(self, batch: list[InputText]) -> list[dict[str, Any]]:
+        tokenizer = self.tokenizer
+        top_k = int(self.options.fill_top_k)
+        texts = [str(item.text) for item in batch]
+        encoded = tokenizer(texts, padding=True, return_tensors="pt")
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        for item, length in zip(batch, lengths, strict=True):
+            if length > self.max_length:
+                raise LmforgeError(
+                    f"{item.where} is {length} tokens long, over max_length={self.max_length}; "
+                    "shorten it to the sentence around its mask(s)."
+                )
+        encoded = encoded.to(self.device)
+        logits = self.model(**encoded).logits  # (batch, seq, vocab)
+        masks = encoded["input_ids"] == tokenizer.mask_token_id  # (batch, seq)
+        probabilities = logits[masks].softmax(dim=-1)  # (masks, vocab), row by row
+        probabilities[:, tokenizer.all_special_ids] = 0.0
+        scores, ids = probabilities.topk(top_k, dim=-1)  # (masks, top_k)
+        candidates = [
+            [
+                {"token": tokenizer.decode([token]).strip(), "score": score}
+                for score, token in zip(row_scores, row_ids, strict=True)
+            ]
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
+        ]
+        records, taken = [], 0
+        for text, count in zip(texts, masks.sum(dim=1).tolist(), strict=True):
+            records.append({"text": text, "fills": candidates[taken : taken + count]})
+            taken += count
+        return records

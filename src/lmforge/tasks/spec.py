@@ -1,0 +1,126 @@
+"""The task-family spec: what the rest of lmforge knows of a family, without importing it.
+
+Every family folder under `lmforge/tasks/` defines `FAMILIES`, a tuple of `TaskFamily` specs,
+in an `__init__.py` that imports no torch, transformers or Lightning: the config checks read
+the specs before any heavy import. Classes are named by dotted path and loaded on demand.
+Code outside `lmforge/tasks/` asks a spec and never names a family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """One task family.
+
+    Attributes:
+        name: recorded in checkpoints, metrics.json and lmforge.json (`text_classification`).
+        module: dotted path of its LightningModule class.
+        datamodule: dotted path of its LightningDataModule class.
+        predictor: dotted path of its predictor class (`lmforge-predict`, sample predictions).
+        auto_class: the transformers Auto class of its models.
+        pipeline_tag: the transformers `pipeline` task an exported folder loads in.
+        architecture_suffixes: endings of Hugging Face architecture names that mean this family
+            (`ForSequenceClassification`), for exported folders without lmforge.json.
+        peft_task_type: peft's task type, given to prompt-learning methods (None: peft wraps the
+            bare model).
+        peft_task_wrapper: give the task type to every peft method, so the wrapper keeps the
+            task's own methods (a causal LM's `generate`).
+        prompt_learning: whether prompt and prefix tuning apply (they shift every position).
+        metrics: the names it logs after the stage prefix (`val/acc`); a name ending in `<...>`
+            stands for one metric per label or entity type (`f1_<label>` -> `f1_games`).
+        only_when: metric -> boolean config key that must be true for it to be logged.
+        lower_is_better: metric names that improve downwards (losses, perplexity).
+        primary_metric: the metric that ranks runs and picks a probe baseline's C.
+        label_unit: what carries one label: an `example` (classification) or a `token`
+            (tagging); empty where there are no labels (language modelling).
+        baselines: the names of `lmforge.evaluation.baselines` that apply.
+        baseline_note: what serves as the baseline where no baseline applies.
+        length_key: the data config key of the sequence length (`data.max_length`).
+        token_type_ids: whether its models take token type ids (language models do not).
+        export_outputs: the model outputs an export returns and checks, in order.
+        distillation: whether a teacher's logits can be compared with the student's.
+        data_schema, model_schema: the types and ranges of its own keys of the `data` and
+            `model` groups (subclasses of `lmforge.config.schema.DataSchema`/`ModelSchema`).
+        experiment: its shipped experiment (`conf/experiment/<name>.yaml`), runnable offline.
+        example_inputs: inputs a user can try on its models (`lmforge-predict input=...`).
+    """
+
+    name: str
+    module: str
+    datamodule: str
+    predictor: str
+    auto_class: str
+    pipeline_tag: str
+    architecture_suffixes: tuple[str, ...]
+    metrics: tuple[str, ...]
+    peft_task_type: str | None = None
+    peft_task_wrapper: bool = False
+    prompt_learning: bool = False
+    only_when: Mapping[str, str] = field(default_factory=dict)
+    lower_is_better: tuple[str, ...] = ("loss",)
+    primary_metric: str = "loss"
+    label_unit: str = ""
+    baselines: tuple[str, ...] = ()
+    baseline_note: str = ""
+    length_key: str = "data.max_length"
+    token_type_ids: bool = True
+    export_outputs: tuple[str, ...] = ("logits",)
+    distillation: bool = False
+    data_schema: Any = None
+    model_schema: Any = None
+    experiment: str = ""
+    example_inputs: tuple[str, ...] = ()
+
+    # ----- classes, loaded on demand -------------------------------------------------------------
+    def module_class(self) -> Any:
+        return load(self.module)
+
+    def datamodule_class(self) -> Any:
+        return load(self.datamodule)
+
+    def predictor_class(self) -> Any:
+        return load(self.predictor)
+
+    def auto_model_class(self) -> Any:
+        return load(f"transformers.{self.auto_class}")
+
+    # ----- metrics -------------------------------------------------------------------------------
+    def monitorable(self, cfg_flags: Mapping[str, bool] | None = None) -> list[str]:
+        """The keys a checkpoint or early-stopping callback can watch during training."""
+        flags = cfg_flags or {}
+        names = [
+            f"val/{m}" for m in self.metrics if flags.get(self.only_when.get(m, ""), True) is True
+        ]
+        return [*names, "train/loss"]
+
+    def logs(self, key: str, cfg_flags: Mapping[str, bool] | None = None) -> bool:
+        """Whether `key` (e.g. `val/f1_macro`) is logged during training by this family."""
+        # Lightning adds _step/_epoch to metrics logged both per step and per epoch.
+        if key in ("train/loss", "train/loss_step", "train/loss_epoch"):
+            return True
+        for name in self.monitorable(cfg_flags):
+            if name.endswith(">"):
+                pattern = re.escape(name[: name.index("<")]) + r"[^/]+"
+                if re.fullmatch(pattern, key):
+                    return True
+            elif key == name:
+                return True
+        return False
+
+
+def load(dotted: str) -> Any:
+    """The object a dotted path names (`package.module.Name`)."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def class_name(target: object) -> str:
+    """The class name a `_target_` names (its last dotted part)."""
+    return str(target).rpartition(".")[2]

@@ -1,0 +1,163 @@
+"""The task-family contract, checked for every registered family alike.
+
+A family folder is enough to register a family; this test then tells what it still lacks: its
+classes load and agree with the spec, every config that names it composes and passes the
+checks, its shipped experiment trains (capped to a few examples) and logs exactly the metrics
+the spec declares, and its checkpoint predicts on the spec's example inputs and exports to a
+Hugging Face folder that passes the parity check and predicts the same records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from lmforge.config.resources import config_dir
+from lmforge.config.validation import check_config
+from lmforge.export import export
+from lmforge.predict import predict
+from lmforge.tasks import FAMILIES, family_of_module
+from lmforge.tasks.predictor import Predictor
+from lmforge.tasks.spec import class_name
+from lmforge.train import train
+from tests.conftest import compose_config
+
+FAMILY_NAMES = sorted(FAMILIES)
+# A few examples, one epoch: the contract, not the quality.
+CAPPED = [
+    "data.max_train_samples=24",
+    "data.max_eval_samples=8",
+    "data.max_test_samples=8",
+    "data.batch_size=8",
+    "trainer.max_epochs=1",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "callbacks.rich_progress_bar=null",
+    "evaluate_before=false",
+    "compare.baselines=[]",
+    "logger=csv",
+]
+
+
+def configs_of(group: str, target: str) -> list[str]:
+    """The options of a config group whose `_target_` names `target`'s class."""
+    names = []
+    for path in sorted((config_dir() / group).glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if class_name(node.get("_target_", "")) == class_name(target):
+            names.append(path.stem)
+    return names
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_the_spec_names_classes_that_exist_and_agree(name):
+    family = FAMILIES[name]
+    module = family.module_class()
+    assert module.task_name == name
+    assert family_of_module(family.module) is family
+    assert issubclass(family.predictor_class(), Predictor)
+    assert family.datamodule_class().__name__ == class_name(family.datamodule)
+    assert family.auto_model_class().__name__ == family.auto_class
+    assert family.primary_metric in family.metrics
+    assert set(family.lower_is_better) <= set(family.metrics)
+    assert set(family.only_when) <= set(family.metrics)
+    assert family.example_inputs, "a family gives example inputs to try its models on"
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_every_config_of_the_family_composes_and_passes_the_checks(name, tmp_path):
+    family = FAMILIES[name]
+    experiments = [
+        path.stem
+        for path in sorted((config_dir() / "experiment").glob("*.yaml"))
+        if class_name(compose_config([f"experiment={path.stem}"]).model._target_)
+        == class_name(family.module)
+    ]
+    assert family.experiment in experiments, f"{family.experiment} is not an experiment of {name}"
+    models = configs_of("model", family.module)
+    assert models, f"no conf/model option builds {class_name(family.module)}"
+    assert configs_of("data", family.datamodule), f"no conf/data option for {name}"
+    for experiment in experiments:
+        check_config(compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}/x"]))
+    for model in models:
+        cfg = compose_config([f"experiment={family.experiment}", f"model={model}"])
+        assert family_of_module(cfg.model._target_) is family
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Each family's experiment, capped, trained once: name -> run directory."""
+    root = tmp_path_factory.mktemp("contract")
+    runs = {}
+    for name in FAMILY_NAMES:
+        cfg = compose_config([f"experiment={FAMILIES[name].experiment}", *CAPPED])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(root / name)
+            cfg.paths.cache_dir = str(root / "cache")
+            # Generation samples at validation end: not part of the contract, and slow.
+            if "generate_prompts" in cfg.model:
+                cfg.model.generate_prompts = []
+        train(cfg)
+        runs[name] = root / name
+    return runs
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_run_logs_exactly_the_metrics_the_spec_declares(name, trained):
+    family = FAMILIES[name]
+    metrics = json.loads((trained[name] / "metrics.json").read_text())
+    assert metrics["task"] == name
+    config = OmegaConf.load(trained[name] / "config.yaml")
+    flags = {key: bool(OmegaConf.select(config, key)) for key in family.only_when.values()}
+    logged = set(metrics["validation"])
+    assert logged and all(family.logs(key, flags) for key in logged), logged
+    expected = {m for m in family.monitorable(flags) if "<" not in m and m != "train/loss"}
+    assert expected <= logged, expected - logged
+    per_label = [m for m in family.metrics if m.endswith(">")]
+    for metric in per_label:
+        prefix = f"val/{metric[: metric.index('<')]}"
+        assert any(k.startswith(prefix) and k not in expected for k in logged), prefix
+    assert {k.replace("val/", "test/", 1) for k in logged} == set(metrics["test"])
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, tmp_path):
+    family = FAMILIES[name]
+    checkpoint = trained[name] / "checkpoints" / "last.ckpt"
+    inputs = "[" + ",".join(f"'{text}'" for text in family.example_inputs) + "]"
+
+    def predicted(*source: str, run: str) -> list[dict]:
+        cfg = compose_config([*source, f"input={inputs}", "seed=0"], config_name="predict")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / run)
+        path = predict(cfg)
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    from_checkpoint = predicted(f"ckpt_path={checkpoint}", run="predict")
+    assert len(from_checkpoint) == len(family.example_inputs)
+    cfg = compose_config([f"ckpt_path={checkpoint}"], config_name="export")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "export")
+    folder = export(cfg)
+    info = json.loads((folder / "lmforge.json").read_text())
+    assert info["task"] == name and info["outputs"] == list(family.export_outputs)
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["outputs"] == list(family.export_outputs)
+    from_folder = predicted(f"model_dir={folder}", run="predict_export")
+    assert json.dumps(from_folder, sort_keys=True) == json.dumps(
+        from_checkpoint, sort_keys=True
+    ) or (_close(from_folder, from_checkpoint))
+
+
+def _close(a: object, b: object) -> bool:
+    """Records equal up to float rounding (an exported model reloads its weights)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    return a == b
