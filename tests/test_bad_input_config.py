@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from lmforge.config.command_line import check_command_line
-from lmforge.config.validation import validate_training_config
+from lmforge.command_line import check_command_line
 from lmforge.errors import LmforgeError
 from lmforge.tasks import FAMILIES
+from lmforge.validation import validate_training_config
 from tests.conftest import compose_config, tiny_overrides, write_conll
 from tests.test_cli import ENV, script
 
@@ -212,7 +212,7 @@ def test_distributed_trainer_with_one_device(make_cfg):
 
 
 def test_max_length_beyond_the_models_positions(make_cfg, tmp_path, monkeypatch):
-    from lmforge.data import TextDataModule
+    from lmforge.data.datamodule import TextDataModule
     from lmforge.train import train
 
     def no_data(self):
@@ -262,7 +262,7 @@ def test_the_metric_table_matches_the_task_classes_and_a_real_run(finished_run):
 
 
 def test_every_shipped_config_passes_the_fast_checks():
-    from lmforge.config.validation import check_config
+    from lmforge.validation import check_config
 
     experiments = sorted(p.stem for p in (Path(__file__).parents[1] / "conf/experiment").iterdir())
     for overrides in [[], *[[f"experiment={e}"] for e in experiments], ["finetune=lora"]]:

@@ -14,8 +14,6 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lmforge.config.validation import validate_training_config
-from lmforge.data import TextClassificationDataModule, TokenClassificationDataModule
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import baselines as baselines_module
 from lmforge.evaluation.baselines import C_GRID, fit_tfidf_logreg, majority_label, run_baselines
@@ -28,8 +26,12 @@ from lmforge.evaluation.comparison import (
     run_test_with_predictions,
     start_label,
 )
-from lmforge.tasks import TextClassificationModule, TokenClassificationModule
+from lmforge.tasks.text_classification.data import TextClassificationDataModule
+from lmforge.tasks.text_classification.module import TextClassificationModule
+from lmforge.tasks.token_classification.data import TokenClassificationDataModule
+from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train
+from lmforge.validation import validate_training_config
 from tests.conftest import TOPICS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "classification_baselines.py"

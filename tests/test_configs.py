@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import re
+import shlex
+from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.config.resources import config_dir
+from lmforge.tasks import families_of_datamodule, family_of_module
+from lmforge.validation import check_config
 from tests.conftest import compose_config
 
 CONF = config_dir()
@@ -27,7 +33,8 @@ GROUPS = [
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options of a group (files starting with `_` are shared parts, not options)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def all_targets(node) -> list[DictConfig]:
@@ -66,9 +73,55 @@ def test_every_hydra_plugin_option_composes_and_its_target_imports(override):
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes(experiment):
-    cfg = compose_config([f"experiment={experiment}"])
-    assert cfg.task_name == experiment.replace("-", "_") or cfg.task_name
+def test_every_experiment_pairs_a_model_with_its_data_and_passes_the_checks(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}/run"])
+    family = family_of_module(cfg.model._target_)
+    assert family is not None, cfg.model._target_
+    assert family in families_of_datamodule(cfg.data._target_)
+    assert family.logs(cfg.optimized_metric), cfg.optimized_metric
+    assert cfg.task_name == experiment
+    check_config(cfg)
+
+
+COMMAND_CONFIGS = {
+    "lmforge-train": "train",
+    "lmforge-eval": "eval",
+    "lmforge-predict": "predict",
+    "lmforge-export": "export",
+    "lmforge-check": "train",
+}
+# Command-line flags of Hydra and their values: not overrides.
+FLAGS = {"-m", "--multirun", "--cfg", "--help", "job", "hydra", "all"}
+
+
+def documented_command(path: Path) -> list[str]:
+    """The first `#   lmforge-... ` line of a config file's opening comment, split."""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith("#   lmforge-"):
+            # Placeholders such as <time> stand for any value; a trailing `# ...` is a remark.
+            text = re.sub(r"<[^>]+>", "x", line.removeprefix("#").strip())
+            return shlex.split(text, comments=True)
+    raise AssertionError(f"{path} does not start with a comment giving a command that uses it")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CONF.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF))
+)
+def test_every_config_file_starts_with_a_command_that_composes(path):
+    command, *arguments = documented_command(path)
+    overrides = []
+    for override in OverridesParser.create().parse_overrides(
+        [a for a in arguments if a not in FLAGS]
+    ):
+        if override.is_sweep_override():  # a -m sweep: compose its first job
+            value = next(iter(override.sweep_string_iterator()))
+            overrides.append(f"{override.get_key_element()}={value}")
+        else:
+            overrides.append(override.input_line)
+    cfg = compose_config(overrides, config_name=COMMAND_CONFIGS[command], return_hydra_config=True)
+    assert cfg is not None
 
 
 @pytest.mark.parametrize("mode", [m for m in options("debug") if m != "default"])

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lmforge.config.resources import sibling_split
-from lmforge.data import TextClassificationDataModule
 from lmforge.data.sampler import SeededBatchSampler
 from lmforge.errors import LmforgeError
+from lmforge.tasks.text_classification.data import TextClassificationDataModule
 from tests.conftest import make_rows, write_csv
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmforge.data import (
-    LanguageModelingDataModule,
-    TextClassificationDataModule,
-    TokenClassificationDataModule,
-)
+from lmforge.tasks.language_modeling.data import LanguageModelingDataModule
+from lmforge.tasks.text_classification.data import TextClassificationDataModule
+from lmforge.tasks.token_classification.data import TokenClassificationDataModule
 from lmforge.train import train
 from tests.conftest import make_rows, tiny_overrides, write_conll, write_csv
 from tests.test_cli import run, script

@@ -13,11 +13,11 @@ from omegaconf import DictConfig, open_dict
 from torch.testing import assert_close
 
 from lmforge.config.resources import config_dir
-from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError
 from lmforge.export import EXPORT_BATCH, export
 from lmforge.runs import load_task_module
 from lmforge.train import train
+from lmforge.validation import validate_training_config
 from tests.conftest import TINY_GPT2, compose_config, tiny_overrides
 from tests.test_cli import ENV, script
 

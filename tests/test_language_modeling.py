@@ -9,12 +9,16 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lmforge.data import LanguageModelingDataModule
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate
 from lmforge.runs import load_task_module
-from lmforge.tasks.language_modeling.data import CausalCollator, document_separator, group_blocks
+from lmforge.tasks.language_modeling.data import (
+    CausalCollator,
+    LanguageModelingDataModule,
+    document_separator,
+    group_blocks,
+)
 from lmforge.tasks.language_modeling.metrics import TokenLoss
 from lmforge.train import train
 from tests.conftest import TINY_GPT2

@@ -12,12 +12,9 @@ from lmforge.config.compatibility import strategy_problem
 from lmforge.errors import LmforgeError
 from lmforge.runs import load_task_module
 from lmforge.strategies import IA3, Freeze, Full, Lora, PrefixTuning, PromptTuning
-from lmforge.tasks import (
-    CausalLMModule,
-    MaskedLMModule,
-    TextClassificationModule,
-    TokenClassificationModule,
-)
+from lmforge.tasks.language_modeling.module import CausalLMModule, MaskedLMModule
+from lmforge.tasks.text_classification.module import TextClassificationModule
+from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train
 
 
@@ -99,7 +96,7 @@ def test_init_from_continues_from_another_runs_weights(make_cfg, tmp_path):
 
 
 def test_init_from_an_unrelated_checkpoint_is_refused(tmp_path, tiny_model):
-    from lmforge.tasks import CausalLMModule
+    from lmforge.tasks.language_modeling.module import CausalLMModule
 
     gpt = CausalLMModule(
         pretrained=None,

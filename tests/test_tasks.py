@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from lmforge.optim import build_scheduler, parameter_groups
-from lmforge.tasks import TextClassificationModule
+from lmforge.tasks.text_classification.module import TextClassificationModule
 
 
 def module(tiny_model, labels, **kwargs) -> TextClassificationModule:

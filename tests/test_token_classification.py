@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lmforge.data import TokenClassificationDataModule
 from lmforge.errors import LmforgeError
-from lmforge.tasks.token_classification.data import align_labels, read_conll
+from lmforge.tasks.token_classification.data import (
+    TokenClassificationDataModule,
+    align_labels,
+    read_conll,
+)
 from lmforge.tasks.token_classification.metrics import EntityScores
 from lmforge.tasks.token_classification.module import entity_spans
 from lmforge.train import train

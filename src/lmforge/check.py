@@ -21,14 +21,14 @@ from omegaconf import DictConfig
 
 from lmforge.cli import check_arguments, user_errors
 from lmforge.config.resources import config_dir
-from lmforge.config.validation import validate_training_config
+from lmforge.validation import validate_training_config
 
 SPLIT_ORDER = ("train", "validation", "test")
 
 
 def check_data(cfg: DictConfig) -> dict[str, Any]:
     """Build the configured datamodule, prepare and check its data; return its data report."""
-    from lmforge.data import prepare_datamodule
+    from lmforge.data.datamodule import prepare_datamodule
 
     return prepare_datamodule(cfg.data).data_report
 

@@ -18,7 +18,7 @@ from lmforge.errors import LmforgeError
 from lmforge.runtime.checkpoints import read_checkpoint
 from lmforge.runtime.rundir import CONFIG_FILE, TOKENIZER_DIR
 from lmforge.strategies import strategy_from_record
-from lmforge.tasks import FAMILIES, family_of_module
+from lmforge.tasks import FAMILIES, family_of_module, upgrade_targets
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.spec import TaskFamily
 
@@ -116,7 +116,7 @@ def load_run(ckpt_path: str, command: str) -> TrainedRun:
                 f"ckpt_path={ckpt_path!r}: its run directory {run_dir} holds no {needed}; "
                 f"{command} needs the run directory a checkpoint was saved in."
             )
-    config = OmegaConf.load(run_dir / CONFIG_FILE)
+    config = upgrade_targets(OmegaConf.load(run_dir / CONFIG_FILE))
     target = OmegaConf.select(config, "model._target_", default=None)
     family = family_of_module(target)
     if family is not None and family.name != module.task_name:

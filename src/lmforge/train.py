@@ -15,7 +15,6 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lmforge.config.validation import validate_training_config
 from lmforge.data.datamodule import TextDataModule, prepare_datamodule
 from lmforge.evaluation.baselines import run_baselines
 from lmforge.evaluation.testing import evaluate_before, evaluate_best
@@ -24,6 +23,7 @@ from lmforge.runs import load_teacher
 from lmforge.runtime.precision import matmul_precision, resolve_matmul_precision, settle_precision
 from lmforge.runtime.trainer import build_trainer, fit, resume_point, stop_on_signal
 from lmforge.tasks.base import TaskModule
+from lmforge.validation import validate_training_config
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from lmforge.config.resources import config_dir
-from lmforge.config.validation import check_config
 from lmforge.export import export
 from lmforge.predict import predict
 from lmforge.tasks import FAMILIES, family_of_module
 from lmforge.tasks.predictor import Predictor
 from lmforge.tasks.spec import class_name
 from lmforge.train import train
+from lmforge.validation import check_config
 from tests.conftest import compose_config
 
 FAMILY_NAMES = sorted(FAMILIES)

@@ -9,7 +9,6 @@ effect. Torch-free: the config checks run this before torch is imported.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from lmforge.errors import LmforgeError
+from lmforge.runtime.packages import installed_versions
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,6 @@ KNOWN_BREAKS: tuple[KnownBreak, ...] = (
         ),
     ),
 )
-
-
-def installed_versions(names: list[str]) -> dict[str, str | None]:
-    """The installed version of each distribution (None when it is not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _in_range(version: str | None, specifier: str) -> bool:

@@ -6,7 +6,6 @@ Kept free of heavy imports: it runs while Hydra composes a config, before torch 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -132,11 +131,6 @@ def job_name(task_name: str) -> str:
     """A readable logger run name: the task name, and the job number within a sweep."""
     hydra = multirun_hydra()
     return task_name if hydra is None else f"{task_name}-{hydra.job.num}"
-
-
-def safe_name(text: str) -> str:
-    """A label name made safe for a metric key (`val/f1_<name>`)."""
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(text)).strip("_") or "label"
 
 
 def register_resolvers() -> None:

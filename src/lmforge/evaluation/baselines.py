@@ -31,8 +31,8 @@ from lmforge.evaluation.forward import forward_split
 if TYPE_CHECKING:
     import torch
 
-    from lmforge.data import TextDataModule
-    from lmforge.tasks import TaskModule
+    from lmforge.data.datamodule import TextDataModule
+    from lmforge.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
     import torch
 
-    from lmforge.data import TextDataModule
-    from lmforge.tasks import TaskModule
+    from lmforge.data.datamodule import TextDataModule
+    from lmforge.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmforge.config.compatibility import installed_versions
 from lmforge.data.sources import file_fingerprint
+from lmforge.runtime.packages import installed_versions
 from lmforge.runtime.rundir import write_json
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+
+from omegaconf import DictConfig, open_dict
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks.spec import TaskFamily, class_name
@@ -65,15 +66,21 @@ def family_of_architectures(architectures: list[str] | None) -> TaskFamily | Non
     return None
 
 
-def __getattr__(name: str) -> Any:
-    """`lmforge.tasks.TextClassificationModule` and the other module classes, which configs of
-    earlier runs name as `_target_`: imported on first use (they import torch)."""
-    if name == "TaskModule":
-        return importlib.import_module("lmforge.tasks.base").TaskModule
-    for family in FAMILIES.values():
-        if class_name(family.module) == name:
-            return family.module_class()
-    raise AttributeError(f"module 'lmforge.tasks' has no attribute {name!r}")
+def upgrade_targets(cfg: DictConfig) -> DictConfig:
+    """A saved run config with the `_target_` of its model and data pointing at the family
+    classes of this lmforge: configs of earlier runs name them by older paths
+    (`lmforge.tasks.TextClassificationModule`); the class name tells the family."""
+    for section, path_of in (("model", "module"), ("data", "datamodule")):
+        node = cfg.get(section)
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not target:
+            continue
+        for family in FAMILIES.values():
+            dotted = getattr(family, path_of)
+            if class_name(target) == class_name(dotted) and target != dotted:
+                with open_dict(node):
+                    node["_target_"] = dotted
+    return cfg
 
 
 __all__ = [
@@ -83,4 +90,5 @@ __all__ = [
     "family_named",
     "family_of_architectures",
     "family_of_module",
+    "upgrade_targets",
 ]

@@ -124,3 +124,8 @@ def load(dotted: str) -> Any:
 def class_name(target: object) -> str:
     """The class name a `_target_` names (its last dotted part)."""
     return str(target).rpartition(".")[2]
+
+
+def safe_name(text: str) -> str:
+    """A label name made safe for a metric key (`val/f1_<name>`)."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(text)).strip("_") or "label"

@@ -15,8 +15,8 @@ from torchmetrics.classification import (
 )
 from transformers import PreTrainedModel
 
-from lmforge.config.resources import safe_name
 from lmforge.tasks.base import TaskModule
+from lmforge.tasks.spec import safe_name
 
 
 class TextClassificationModule(TaskModule):
