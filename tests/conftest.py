@@ -33,6 +33,8 @@ TOPICS = {
     "music": "guitar song chord melody drum album concert rhythm singer piano band note",
 }
 FILLER = "the a of and with very some new this that it is on for"
+# The checkout's top folder (conf/, scripts/, notebooks/).
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_rows(n: int, seed: int, labels: dict[str, str] = TOPICS) -> list[dict[str, str]]:

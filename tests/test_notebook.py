@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+from tests.conftest import REPO
+
+NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 
 
 def cell_text(cell) -> str:

@@ -19,7 +19,7 @@ from lmforge.predict import predict
 from lmforge.runs import load_task_module
 from lmforge.tasks.token_classification.predict import best_window_positions
 from lmforge.train import train
-from tests.conftest import FILLER, TINY_GPT2, compose_config, tiny_overrides
+from tests.conftest import FILLER, REPO, TINY_GPT2, compose_config, tiny_overrides
 from tests.test_cli import ENV, script
 
 # No before/after evaluation, test pass or baselines: the runs only need a checkpoint.
@@ -144,7 +144,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 def test_predict_config_composes_and_every_key_is_read():
     cfg = compose_config(["ckpt_path=x.ckpt", "input=a text"], config_name="predict")
     assert cfg.task_name == "predict" and cfg.output_format == "jsonl" and cfg.device == "cpu"
-    package = Path(__file__).parents[1] / "src/lmforge"
+    package = REPO / "src/lmforge"
     # The command's own keys are read by predict.py, the family options by the predictors.
     source = "\n".join(
         path.read_text()

@@ -230,9 +230,14 @@ def test_multi_label_end_to_end(make_cfg, tmp_path):
     assert {"test/f1_micro", "test/acc"} <= set(read_metrics(tmp_path / "run")["test"])
 
 
-def test_bf16_mixed_precision_on_cpu(make_cfg, tmp_path):
-    train(make_cfg("trainer.precision=bf16-mixed", "debug=limit"))
-    assert read_metrics(tmp_path / "run")["test"]["test/acc"] >= 0
+def test_bf16_mixed_precision_on_cpu_computes_what_float32_does(make_cfg, tmp_path):
+    train(make_cfg("trainer.precision=bf16-mixed", "debug=limit", run="bf16"))
+    train(make_cfg("trainer.precision=32-true", "debug=limit", run="fp32"))
+    bf16, fp32 = read_metrics(tmp_path / "bf16"), read_metrics(tmp_path / "fp32")
+    assert bf16["precision"] == "bf16-mixed" and fp32["precision"] == "32-true"
+    # bfloat16 keeps 8 bits of mantissa: the same run, to about two decimals.
+    assert bf16["test"]["test/loss"] == pytest.approx(fp32["test"]["test/loss"], abs=0.05)
+    assert bf16["test"]["test/loss"] != fp32["test"]["test/loss"]  # it did compute in bf16
 
 
 def test_all_loggers_together_offline(make_cfg, tmp_path, monkeypatch):

@@ -32,9 +32,9 @@ from lmforge.tasks.token_classification.data import TokenClassificationDataModul
 from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train
 from lmforge.validation import validate_training_config
-from tests.conftest import TOPICS
+from tests.conftest import REPO, TOPICS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "classification_baselines.py"
+SCRIPT = REPO / "scripts" / "classification_baselines.py"
 
 
 def read_json(path: Path) -> dict:

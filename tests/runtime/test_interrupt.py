@@ -20,7 +20,7 @@ from lmforge.data.sampler import SeededBatchSampler
 from lmforge.runtime.callbacks import NonFiniteLoss
 from lmforge.runtime.checkpoints import AtomicCheckpointIO
 from lmforge.train import train
-from tests.conftest import compose_config, tiny_overrides
+from tests.conftest import REPO, compose_config, tiny_overrides
 from tests.test_cli import ENV, script
 
 STEPS_PER_EPOCH = 6  # 96 training rows, batches of 16
@@ -103,7 +103,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(
             str(STOP_AT_STEP),
             *overrides(tiny_model, tiny_data, tmp_path),
         ],
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO,
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

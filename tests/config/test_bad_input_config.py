@@ -21,7 +21,7 @@ from lmforge.command_line import check_command_line
 from lmforge.errors import LmforgeError
 from lmforge.tasks import FAMILIES
 from lmforge.validation import validate_training_config
-from tests.conftest import compose_config, tiny_overrides, write_conll
+from tests.conftest import REPO, compose_config, tiny_overrides, write_conll
 from tests.test_cli import ENV, script
 
 # The quickest complete run: one epoch, no before/after evaluation, no baselines.
@@ -264,7 +264,7 @@ def test_the_metric_table_matches_the_task_classes_and_a_real_run(finished_run):
 def test_every_shipped_config_passes_the_fast_checks():
     from lmforge.validation import check_config
 
-    experiments = sorted(p.stem for p in (Path(__file__).parents[1] / "conf/experiment").iterdir())
+    experiments = sorted(p.stem for p in (REPO / "conf/experiment").iterdir())
     for overrides in [[], *[[f"experiment={e}"] for e in experiments], ["finetune=lora"]]:
         cfg = compose_config(["paths.output_dir=/nonexistent/run", *overrides])
         check_config(cfg)
