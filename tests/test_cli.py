@@ -56,7 +56,8 @@ def test_help_lists_the_config_groups(tmp_path):
     ("override", "expected"),
     [
         ("optimizer.lr=-1", "optimizer.lr must be a number above 0, got -1"),
-        ("data=nope", "there is no data option 'nope'; expected one of conll2003"),
+        ("data=nope", "there is no data option 'nope'; expected one of conll2003, debian_"),
+        ("data=_shared", "there is no data option '_shared'"),
         ("data.txt_column=x", "data.txt_column"),
         ("resume=/no/such/run", "resume='/no/such/run': no such run directory"),
         ("data.train_file=/no/such.csv", "data.train_file='/no/such.csv': no such file"),

@@ -114,7 +114,7 @@ def _check_group_choices(overrides: list[Override]) -> None:
         value = override.value()
         if not folder.is_dir() or not isinstance(value, str) or override.is_sweep_override():
             continue
-        if not (folder / f"{value}.yaml").is_file():
+        if value.startswith("_") or not (folder / f"{value}.yaml").is_file():
             raise LmforgeError(_unknown_option(group, value, sorted(group_options(group))))
 
 

@@ -180,7 +180,12 @@ def group_options(group: str) -> dict[str, dict[str, Any]]:
         merged.update({k: v for k, v in own.items() if k != "defaults"})
         return merged
 
-    options = {path.stem: compose(path.stem) for path in sorted(folder.glob("*.yaml"))}
+    # A file named _*.yaml (data/_shared.yaml) is a part other options extend, not a choice.
+    options = {
+        path.stem: compose(path.stem)
+        for path in sorted(folder.glob("*.yaml"))
+        if not path.stem.startswith("_")
+    }
     return dict(sorted(options.items(), key=lambda item: extends.get(item[0], False)))
 
 
