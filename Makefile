@@ -35,6 +35,7 @@ train: install
 lint:
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 format:
 	$(VENV)/bin/ruff format $(LINT_PATHS)

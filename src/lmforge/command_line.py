@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -83,7 +83,8 @@ def _override_lines(argv: list[str]) -> list[str]:
 def _single_value(override: Override) -> str:
     """The override as one composable value: a sweep (`lr=1e-3,1e-4`) gives its first one."""
     if not override.is_sweep_override():
-        return override.input_line
+        # The parser records the line of every override it parses.
+        return cast(str, override.input_line)
     try:
         first = next(iter(override.sweep_string_iterator()))
     except (HydraException, StopIteration, TypeError, ValueError):

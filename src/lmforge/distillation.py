@@ -73,13 +73,14 @@ class Distillation:
                 "single-label classification or tagging)."
             )
         student_vocab = student.model.config.vocab_size
-        if teacher.config.vocab_size != student_vocab:
+        config: Any = teacher.config  # a Hugging Face model's PretrainedConfig
+        if config.vocab_size != student_vocab:
             raise LmforgeError(
                 f"distill.teacher={self.source!r} has a vocabulary of "
-                f"{teacher.config.vocab_size} tokens, the student {student_vocab}: teacher and "
+                f"{config.vocab_size} tokens, the student {student_vocab}: teacher and "
                 "student must share one tokenizer."
             )
-        teacher_labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+        teacher_labels = [config.id2label[i] for i in range(config.num_labels)]
         if teacher_labels != list(student.label_names):
             raise LmforgeError(
                 f"distill.teacher={self.source!r} predicts the labels {teacher_labels}, but "

@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig
@@ -220,7 +220,9 @@ def _encode(
         tokenizer(text, pair, truncation=True, max_length=min(length, limit))
         for (text, pair), length in zip(rows, lengths, strict=True)
     ]
-    padding = {"padding": "max_length", "max_length": min(width, limit)} if width else {}
+    padding: dict[str, Any] = (
+        {"padding": "max_length", "max_length": min(width, limit)} if width else {}
+    )
     batch = tokenizer.pad(features, return_tensors="pt", **padding)
     return {name: batch[name] for name in input_names}
 
@@ -334,7 +336,7 @@ def _export_onnx(
     onnxruntime. Weights stay inside model.onnx unless past protobuf's 2 GB limit."""
     import onnxruntime
 
-    path = out / MODEL_FILES["onnx"]
+    path = out / cast(str, MODEL_FILES["onnx"])
     exported.model.config.save_pretrained(out)
     names = exported.input_names
     batch_dim, sequence_dim = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -369,7 +371,7 @@ def _export_torchscript(
 ) -> Runner:
     """torch.jit.trace on the example; the tracer freezes Python decisions on shapes, which is
     what the check on other shapes is for. Checked after torch.jit.load."""
-    path = out / MODEL_FILES["torchscript"]
+    path = out / cast(str, MODEL_FILES["torchscript"])
     exported.model.config.save_pretrained(out)
     names = exported.input_names
     with warnings.catch_warnings(), torch.no_grad():

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import Logger
@@ -51,7 +51,8 @@ class CSVLogger(LightningCSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
+        # Declared as the base writer; this property is the only one that sets it.
+        return cast(AppendingExperimentWriter, self._experiment)
 
     def __getstate__(self) -> dict:
         # A spawned worker opens its own writer on the same file.
@@ -83,7 +84,8 @@ class WandbLogger(LightningWandbLogger):
     @property
     def experiment(self) -> Any:
         """The W&B run, started on first use (rank zero; a stand-in elsewhere)."""
-        if self._experiment is None and rank_zero_only.rank == 0:
+        # `rank` is set on the decorator function at import; its stub does not declare it.
+        if self._experiment is None and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
             import wandb
 
             # A sweep job that failed leaves its run open in this process, and Lightning would
@@ -165,7 +167,7 @@ def read_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
     one readable cell; [] when the run wrote none."""
     if limit <= 0 or not path.is_file():
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as file:
         for line in file:
             if len(rows) == limit:

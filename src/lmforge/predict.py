@@ -245,7 +245,8 @@ def load_predictor(cfg: DictConfig, device: torch.device) -> tuple[Predictor, Ta
         settings["max_length"] = min(settings["max_length"], positions)
     if cfg.text_column:
         settings["text_column"] = str(cfg.text_column)
-    model.to(device).eval()
+    # functools.wraps on PreTrainedModel.to hides its bound `self` from the type checker.
+    model.to(device).eval()  # type: ignore[arg-type]
     predictor = family.predictor_class()(model, tokenizer, settings, cfg, device)
     log.info("Loaded a %s model (%s)", family.name, predictor.describe())
     return predictor, family

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -88,7 +88,10 @@ class TrainedRun:
 
     def data_config(self) -> DictConfig:
         """The run's data section, reading with the run's saved tokenizer."""
-        data = OmegaConf.create(OmegaConf.to_container(self.config.data, resolve=False))
+        # A mapping section makes a DictConfig.
+        data = cast(
+            DictConfig, OmegaConf.create(OmegaConf.to_container(self.config.data, resolve=False))
+        )
         data.tokenizer = str(self.tokenizer_dir)
         return data
 
@@ -116,7 +119,8 @@ def load_run(ckpt_path: str, command: str) -> TrainedRun:
                 f"ckpt_path={ckpt_path!r}: its run directory {run_dir} holds no {needed}; "
                 f"{command} needs the run directory a checkpoint was saved in."
             )
-    config = upgrade_targets(OmegaConf.load(run_dir / CONFIG_FILE))
+    # A saved run config is a mapping: a DictConfig.
+    config = upgrade_targets(cast(DictConfig, OmegaConf.load(run_dir / CONFIG_FILE)))
     target = OmegaConf.select(config, "model._target_", default=None)
     family = family_of_module(target)
     if family is not None and family.name != module.task_name:

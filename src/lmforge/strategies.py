@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -11,6 +11,9 @@ from transformers import PreTrainedModel
 from lmforge.config.compatibility import check_strategy_supported
 from lmforge.errors import LmforgeError
 from lmforge.tasks.spec import TaskFamily
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def backbone_embeddings(model: PreTrainedModel) -> list[nn.Module]:
     embeddings = getattr(model.base_model, "embeddings", None)
     if isinstance(embeddings, nn.Module):
         return [embeddings]
-    found = [m for m in model.base_model.children() if isinstance(m, nn.Embedding)]
+    found: list[nn.Module] = [m for m in model.base_model.children() if isinstance(m, nn.Embedding)]
     return found or [model.get_input_embeddings()]
 
 
@@ -177,7 +180,7 @@ class PeftStrategy(FinetuneStrategy):
     adapter_only = True
     prompt_learning = False
 
-    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+    def peft_config(self, model: PreTrainedModel, task_type: str | None) -> PeftConfig:
         raise NotImplementedError
 
     def apply(self, model: PreTrainedModel, family: TaskFamily) -> nn.Module:
@@ -251,7 +254,7 @@ class Lora(PeftStrategy):
         dropout: float = 0.1,
         target_modules: Any = None,
         use_dora: bool = False,
-        bias: str = "none",
+        bias: Literal["none", "all", "lora_only"] = "none",
     ):
         if r < 1:
             raise LmforgeError(f"finetune.r (the LoRA rank) must be 1 or more, got {r}.")
@@ -263,13 +266,14 @@ class Lora(PeftStrategy):
         if use_dora:
             self.name = "dora"
 
-    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+    def peft_config(self, model: PreTrainedModel, task_type: str | None) -> PeftConfig:
         from peft import LoraConfig
 
         return LoraConfig(
             task_type=task_type,
             r=self.r,
-            lora_alpha=self.alpha,
+            # peft declares an int; any number scales the update (alpha / r).
+            lora_alpha=self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,
             target_modules=self.target_modules,
             exclude_modules=self.head_exclusions(model) or None,
@@ -302,7 +306,7 @@ class IA3(PeftStrategy):
         self.target_modules = _target_modules(target_modules)
         self.feedforward_modules = _target_modules(feedforward_modules)
 
-    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+    def peft_config(self, model: PreTrainedModel, task_type: str | None) -> PeftConfig:
         from peft import IA3Config
 
         return IA3Config(
@@ -336,7 +340,7 @@ class PromptTuning(PeftStrategy):
             )
         self.num_virtual_tokens = num_virtual_tokens
 
-    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+    def peft_config(self, model: PreTrainedModel, task_type: str | None) -> PeftConfig:
         from peft import PromptTuningConfig
 
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens)
@@ -350,7 +354,7 @@ class PrefixTuning(PromptTuning):
 
     name = "prefix_tuning"
 
-    def peft_config(self, model: PreTrainedModel, task_type: str | None):
+    def peft_config(self, model: PreTrainedModel, task_type: str | None) -> PeftConfig:
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=self.num_virtual_tokens)
@@ -386,10 +390,11 @@ def merged_copy(model: nn.Module) -> PreTrainedModel:
     from peft import PeftModel
 
     if not isinstance(model, PeftModel):
-        return model
+        return cast(PreTrainedModel, model)  # no adapter: the Hugging Face model itself
     if not hasattr(model, "merge_and_unload") or model.peft_config["default"].is_prompt_learning:
+        peft_type: Any = model.peft_config["default"].peft_type  # a PeftType once configured
         raise LmforgeError(
-            f"A {model.peft_config['default'].peft_type.value} adapter adds virtual tokens and "
+            f"A {peft_type.value} adapter adds virtual tokens and "
             "cannot be merged into the model's weights; export needs a mergeable adapter "
             "(LoRA, DoRA, IA3) or full/freeze fine-tuning."
         )

@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -69,14 +69,21 @@ def distribution_for(override: Override) -> optuna.distributions.BaseDistributio
         values = list(override.sweep_iterator())
         if not values:
             raise LmforgeError(f"Search space '{key}': the range {sweep} holds no value.")
+        # A range's values are numbers: all ints, or floats.
         if all(isinstance(v, int) for v in values):
-            return IntDistribution(values[0], values[-1], step=int(sweep.step))
-        return FloatDistribution(values[0], values[-1], step=float(sweep.step))
+            return IntDistribution(
+                cast(int, values[0]), cast(int, values[-1]), step=int(sweep.step)
+            )
+        return FloatDistribution(
+            cast(float, values[0]), cast(float, values[-1]), step=float(sweep.step)
+        )
     if isinstance(sweep, IntervalSweep):
         log_scale = "log" in sweep.tags
         if isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return IntDistribution(sweep.start, sweep.end, log=log_scale)
-        return FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+        # A parsed interval has both bounds.
+        start, end = cast(float, sweep.start), cast(float, sweep.end)
+        return FloatDistribution(float(start), float(end), log=log_scale)
     raise LmforgeError(
         f"Search space '{key}': {override.input_line!r} is not a sweep this sweeper understands "
         "(expected choice(...), a,b,c, range(...), interval(...), int(interval(...)) or "
@@ -305,7 +312,8 @@ class OptunaSweeper(Sweeper):
 
     def _check_job_dirs_are_new(self, sweep_dir: Path, numbers: list[int]) -> None:
         assert self.config is not None
-        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+        sweep = cast(dict, OmegaConf.to_container(self.config.hydra.sweep, resolve=False))
+        subdir = sweep.get("subdir")
         if subdir != "${hydra.job.num}":
             return
         taken = [sweep_dir / str(n) for n in numbers if (sweep_dir / str(n)).exists()]

@@ -16,7 +16,7 @@ import difflib
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -169,14 +169,14 @@ def group_options(group: str) -> dict[str, dict[str, Any]]:
     extends: dict[str, bool] = {}
 
     def compose(option: str) -> dict[str, Any]:
-        node = OmegaConf.load(folder / f"{option}.yaml")
+        node = cast(DictConfig, OmegaConf.load(folder / f"{option}.yaml"))  # an option: a mapping
         merged: dict[str, Any] = {}
         for entry in node.get("defaults", []) or []:
             # Same-group defaults only (finetune/dora.yaml extends lora); _self_ comes last.
             if isinstance(entry, str) and (folder / f"{entry}.yaml").is_file():
                 merged.update(compose(entry))
                 extends[option] = True
-        own = OmegaConf.to_container(node, resolve=False)
+        own = cast("dict[str, Any]", OmegaConf.to_container(node, resolve=False))
         merged.update({k: v for k, v in own.items() if k != "defaults"})
         return merged
 
@@ -212,7 +212,7 @@ def _check_finetune_keys(cfg: DictConfig, problems: list[str]) -> None:
     accepted = set().union(*(options[o].keys() for o in current)) if current else None
     if accepted is None:
         return  # a strategy class of the user's own: its own arguments decide
-    given = OmegaConf.to_container(node, resolve=False)
+    given = cast("dict[str, Any]", OmegaConf.to_container(node, resolve=False))
     for key, value in given.items():
         if key in accepted:
             continue
@@ -288,7 +288,7 @@ def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
             entry = callbacks.get(name)
             monitor = entry.get("monitor") if isinstance(entry, DictConfig) else None
             if monitor is not None and monitor != optimized:
-                watched.append((f"callbacks.{name}.monitor", monitor))
+                watched.append((f"callbacks.{name!s}.monitor", monitor))
     for key, metric in watched:
         if not family.logs(str(metric), flags):
             problems.append(
@@ -359,7 +359,9 @@ def check_model_fits(cfg: DictConfig) -> None:
 
 
 def _plain_dict(node: Any) -> dict[str, Any]:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+    if isinstance(node, DictConfig):
+        return cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True))
+    return {}
 
 
 def _check_positions(

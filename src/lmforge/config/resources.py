@@ -6,7 +6,9 @@ Kept free of heavy imports: it runs while Hydra composes a config, before torch 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -112,7 +114,8 @@ def multirun_hydra() -> DictConfig | None:
 
     if not HydraConfig.initialized():
         return None
-    hydra = HydraConfig.get()
+    # Typed as the HydraConf dataclass; at run time it is the DictConfig Hydra built from it.
+    hydra = cast(DictConfig, HydraConfig.get())
     return hydra if hydra.mode == RunMode.MULTIRUN else None
 
 
@@ -135,7 +138,7 @@ def job_name(task_name: str) -> str:
 
 def register_resolvers() -> None:
     """Register the `lmforge.*` resolvers the configs use (idempotent)."""
-    resolvers = {
+    resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
         "lmforge.data": (shipped_data, False),
         "lmforge.embedded_model": (embedded_model_path, False),
         "lmforge.split_file": (sibling_split, False),

@@ -312,7 +312,8 @@ def _container_word(kind: Any) -> str:
 
 
 def _bounds(metadata: list[Any]) -> str:
-    low = high = None
+    low: tuple[str, Any] | None = None
+    high: tuple[str, Any] | None = None
     for item in metadata:
         if isinstance(item, annotated_types.Gt):
             low = ("(", item.gt)

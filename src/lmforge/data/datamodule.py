@@ -13,8 +13,9 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import datasets
 import lightning.pytorch as pl
@@ -170,11 +171,11 @@ class TextDataModule(pl.LightningDataModule):
         """Turn a batch of rows into model inputs (`input_ids`, ..., `labels`)."""
         raise NotImplementedError
 
-    def build_collator(self):
+    def build_collator(self) -> Callable[..., Any]:
         """The function that pads a list of examples into a batch."""
         raise NotImplementedError
 
-    def eval_collator(self):
+    def eval_collator(self) -> Callable[..., Any]:
         """The collator of validation/test batches (the training one unless overridden)."""
         return self.build_collator()
 
@@ -342,7 +343,12 @@ class TextDataModule(pl.LightningDataModule):
         }
         texts = {split: self.row_texts(dataset) for split, dataset in raw.items()}
         has_texts = all(t is not None for t in texts.values())
-        return build_report(splits, texts if has_texts else None, self.length_key, self.max_length)
+        return build_report(
+            splits,
+            cast("dict[str, list[str]]", texts) if has_texts else None,
+            self.length_key,
+            self.max_length,
+        )
 
     def raw_splits(self) -> dict[str, datasets.Dataset]:
         """The splits before tokenization (same checks, carving and caps): the text that
@@ -468,7 +474,8 @@ class TextDataModule(pl.LightningDataModule):
             self.lengths[split],
             batch_size=self.batch_size if train else self.eval_batch_size,
             # Overfitting (trainer.overfit_batches) repeats the same first batches every epoch.
-            shuffle=train and not (self.trainer is not None and self.trainer.overfit_batches),
+            # (The Trainer sets `overfit_batches` at setup; its class does not declare it.)
+            shuffle=train and not (self.trainer is not None and self.trainer.overfit_batches),  # type: ignore[attr-defined]
             # Evaluation order does not change metrics; sorted batches pad less.
             group_by_length=self.group_by_length or not train,
             seed=self.seed,
@@ -496,8 +503,10 @@ class TextDataModule(pl.LightningDataModule):
 
     def _training_progress(self) -> tuple[int, int]:
         """(epoch, training batches whose step ran in this epoch) of the running fit."""
-        trainer = self.trainer
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        trainer = cast(pl.Trainer, self.trainer)  # only called while a fit runs
+        # Declared as a tracker without `processed`; the batch progress holds one with it.
+        current: Any = trainer.fit_loop.epoch_loop.batch_progress.current
+        return trainer.current_epoch, current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -125,11 +125,13 @@ class ResumableDataLoader(DataLoader):
         self.progress = progress
         # Lightning hands the epoch to `sampler.set_epoch` and `batch_sampler.sampler.set_epoch`
         # only, never to a batch sampler itself: the sampler asks the running fit instead.
-        self.batch_sampler.epoch_source = lambda: self.progress()[0]
+        sampler = cast(SeededBatchSampler, self.batch_sampler)
+        sampler.epoch_source = lambda: self.progress()[0]
 
     def state_dict(self) -> dict[str, int]:
         epoch, batches_done = self.progress()
         return {"epoch": epoch, "batches_done": batches_done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.batch_sampler.resume_at(state_dict["epoch"], state_dict["batches_done"])
+        sampler = cast(SeededBatchSampler, self.batch_sampler)
+        sampler.resume_at(state_dict["epoch"], state_dict["batches_done"])

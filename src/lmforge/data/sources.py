@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import datasets
@@ -183,7 +183,7 @@ def load_splits(
 
 
 def require_columns(
-    dataset: datasets.Dataset, columns: dict[str, str | None], split: str, source: str = ""
+    dataset: datasets.Dataset, columns: Mapping[str, str | None], split: str, source: str = ""
 ) -> None:
     """Fail clearly when a configured column is missing from a split (`source` names its file)."""
     where = f" ({source})" if source else ""

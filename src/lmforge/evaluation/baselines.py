@@ -20,15 +20,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.forward import forward_split
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from lmforge.data.datamodule import TextDataModule
@@ -88,9 +89,9 @@ def majority_label(train_labels: Sequence[Any]) -> Any:
 
 def fit_logreg(
     train_x: Any,
-    train_y: Sequence[Any],
+    train_y: Sequence[Any] | np.ndarray,
     val_x: Any,
-    val_y: Sequence[Any],
+    val_y: Sequence[Any] | np.ndarray,
     scale: bool = False,
     val_score: Callable[[Any], float] | None = None,
 ) -> LogRegFit:
@@ -122,7 +123,7 @@ def fit_logreg(
 
 
 def fit_tfidf_logreg(
-    texts: dict[str, Sequence[str]], labels: dict[str, Sequence[Any]]
+    texts: Mapping[str, Sequence[str]], labels: Mapping[str, Sequence[Any]]
 ) -> LogRegFit:
     """TF-IDF (sublinear tf, word 1-2 grams) fitted on `texts['train']`, then logistic
     regression with C chosen on `texts['validation']`. The fitted model takes raw texts."""
@@ -208,7 +209,8 @@ def _tfidf_logreg(module: TaskModule, datamodule: TextDataModule, device: Any) -
     raw = datamodule.raw_splits()
     texts = {split: datamodule.row_texts(dataset) for split, dataset in raw.items()}
     labels = {split: list(dataset["labels"]) for split, dataset in raw.items()}
-    fit = fit_tfidf_logreg(texts, labels)
+    # The families with this baseline have texts for every row.
+    fit = fit_tfidf_logreg(cast("dict[str, list[str]]", texts), labels)
     metrics = {}
     for split, stage in STAGES.items():
         scores = label_scores(fit.model, texts[split], len(module.label_names))
@@ -290,7 +292,7 @@ def _labelled(gold: torch.Tensor, per_word: bool) -> torch.Tensor:
 def _untouched_model(module: TaskModule) -> Any:
     """The backbone without the task head (BERT: `model.bert`), under any PEFT wrapper (fresh
     adapters are not the start)."""
-    model = module.model
+    model: Any = module.model  # possibly a PEFT wrapper
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     return model.base_model
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lmforge.evaluation.forward import forward_split
 from lmforge.reporting.formatting import format_number, lower_is_better, markdown_cell
@@ -70,7 +71,8 @@ def predict_labels(
         return None
 
     def predict(batch: dict) -> list[Any]:
-        return module.predicted_labels(module.forward_loss(batch)[1])
+        # A family with one label per example gives a list for every batch.
+        return cast("list[Any]", module.predicted_labels(module.forward_loss(batch)[1]))
 
     return [p for batch in forward_split(module, datamodule, split, predict, device) for p in batch]
 
@@ -94,12 +96,13 @@ def run_test_with_predictions(
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.world_size > 1 or any(labels is None for labels in recorded.values()):
         return metrics, None
-    batches = list(datamodule.test_dataloader().batch_sampler)
+    batches = list(cast("Iterable[list[int]]", datamodule.test_dataloader().batch_sampler))
     if len(recorded) != len(batches):
         return metrics, None
     predicted: list[Any] = [None] * len(datamodule.splits["test"])
     for index, rows in enumerate(batches):
-        for row, label in zip(rows, recorded[index], strict=True):
+        # No batch's labels are None here (checked above).
+        for row, label in zip(rows, cast("list[Any]", recorded[index]), strict=True):
             predicted[row] = label
     return metrics, predicted
 
@@ -171,7 +174,10 @@ def comparison_rows(
                 before=old,
                 after=new,
                 change=change,
-                change_percent=(None if change is None or old == 0 else 100 * change / abs(old)),
+                change_percent=(
+                    # `old is None` implies `change is None`; the test only narrows the type.
+                    None if change is None or old is None or old == 0 else 100 * change / abs(old)
+                ),
                 improved=None if change is None else (change > 0 if higher else change < 0),
             )
         else:
@@ -275,8 +281,10 @@ def predict_test_split(
         predicted = predict_labels(module, datamodule, "test", device)
     if predicted is None:
         return None
-    texts = datamodule.row_texts(datamodule.raw_splits()["test"])
-    gold = datamodule.gold_labels("test")
+    # Families with one label per row have texts and define `gold_labels` on their datamodule.
+    texts = cast("list[str]", datamodule.row_texts(datamodule.raw_splits()["test"]))
+    labelled: Any = datamodule
+    gold = labelled.gold_labels("test")
     return SplitPredictions(texts, gold, predicted, list(module.label_names))
 
 

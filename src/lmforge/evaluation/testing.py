@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def evaluate_before(cfg: DictConfig, run_dir: Path, module: Any, datamodule: Any
 
 def evaluate_best(
     cfg: DictConfig, run: RunTrainer, module: Any, datamodule: Any
-) -> tuple[dict[str, dict[str, float]], list[Any] | None]:
+) -> tuple[dict[str, Mapping[str, float | None]], list[Any] | None]:
     """Evaluate the best checkpoint (the final weights if none was kept) on the validation and
     test splits; the module holds those weights afterwards. Also returns the test pass's
     predicted labels (None where `run_test_with_predictions` could not take them).
@@ -87,6 +88,6 @@ def best_validation(cfg: DictConfig, run: RunTrainer) -> dict[str, Any] | None:
     }
 
 
-def values_of(results: list[dict[str, Any]]) -> dict[str, float | None]:
+def values_of(results: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """The metrics of a `trainer.validate` / `trainer.test` call as plain floats."""
     return {k: scalar(v) for k, v in (results[0] if results else {}).items()}

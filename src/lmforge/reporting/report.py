@@ -292,7 +292,9 @@ def read_curves(run_dir: Path, metric: str) -> Curves | str:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     train_columns = [c for c in frame.columns if str(c).startswith("train/")]
     located = frame["epoch"].notna() & frame["step"].notna()
-    train_rows = frame[located & frame[train_columns].notna().any(axis=1)] if train_columns else []
+    train_rows: Any = (
+        frame[located & frame[train_columns].notna().any(axis=1)] if train_columns else []
+    )
     if len(train_rows) == 0:
         return f"{path} holds no training rows (train=false, or the run stopped before logging)"
     # The last step of each trained epoch, and of the epoch before it.

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -34,7 +34,9 @@ class RandomState(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # Only tensors and plain Python values, so checkpoints load with weights_only=True.
-        _, keys, pos, has_gauss, cached = np.random.get_state()
+        # The legacy (MT19937) state tuple; the stub's default overload claims a dict.
+        legacy_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+        _, keys, pos, has_gauss, cached = legacy_state
         state = {
             "torch": torch.get_rng_state(),
             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), cached],
@@ -68,7 +70,14 @@ class TrainThroughput(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._mark = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         now = time.perf_counter()
         if self._mark is not None:
             self.seconds += now - self._mark
@@ -211,7 +220,7 @@ class CompileModel(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        pl_module.model.compile(**self.options)
+        cast(torch.nn.Module, pl_module.model).compile(**self.options)  # a task module's model
         log.info(
             "torch.compile: backend %s, mode %s; the first training and validation steps "
             "pause while it compiles.",

@@ -19,7 +19,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -116,7 +116,8 @@ def _invocation() -> dict[str, Any]:
     if not HydraConfig.initialized():
         # train(cfg) called from Python: sys.argv belongs to the calling program.
         return {"command": None, "overrides": None, "started_by": "lmforge.train.train(cfg)"}
-    hydra = HydraConfig.get()
+    # Typed as the HydraConf dataclass; at run time it is the DictConfig Hydra built from it.
+    hydra = cast(DictConfig, HydraConfig.get())
     return {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "overrides": list(hydra.overrides.task),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -109,7 +109,7 @@ def prepare_resume(cfg: DictConfig, extra_overrides: list[str]) -> tuple[DictCon
             f"overrides were given too: {' '.join(extra_overrides)}. Resume without them, or "
             "start a new run with them."
         )
-    saved = OmegaConf.load(run_dir / CONFIG_FILE)
+    saved = cast(DictConfig, OmegaConf.load(run_dir / CONFIG_FILE))  # a saved run config: a mapping
     saved.resume = str(run_dir)
     log.info("Resuming %s from %s", run_dir, checkpoint)
     return saved, str(checkpoint)

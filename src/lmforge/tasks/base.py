@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from lmforge.errors import LmforgeError
 from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
 from lmforge.strategies import FinetuneStrategy, Full
 from lmforge.tasks import FAMILIES
 from lmforge.tasks.spec import TaskFamily
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class TaskModule(pl.LightningModule):
     # One prediction per example (`predicted_labels`): confusion matrix, flipped examples and
     # test_predictions.jsonl are made from them.
     labels_per_example: ClassVar[bool] = False
+    # The label names in id order: set by the families with labels (a declaration only, so
+    # code that reads it for those families type-checks; no value is set here).
+    label_names: list[str]
 
     def __init__(
         self,
@@ -83,7 +89,8 @@ class TaskModule(pl.LightningModule):
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
         self.finetune = finetune or Full()
-        self.model = self.finetune.apply(self.model, self.family)
+        # A PEFT wrapper stands in for the Hugging Face model (it forwards its attributes).
+        self.model = cast(PreTrainedModel, self.finetune.apply(self.model, self.family))
         # A PEFT checkpoint holds adapters and head only; the frozen base comes from `pretrained`.
         self.adapter_only = self.finetune.adapter_only and not self._built_from_scratch()
         self.strict_loading = not self.adapter_only
@@ -111,14 +118,16 @@ class TaskModule(pl.LightningModule):
         """Run the model on a batch; return the loss and what `update_metrics` needs."""
         raise NotImplementedError
 
-    def configure_metrics(self, stage: str) -> nn.Module:
+    # A metric set is an nn.ModuleDict of torchmetrics metrics; the hooks that read it take
+    # `Any`, since ModuleDict types its items as plain modules (no update/compute/reset).
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
         """The metric objects of one stage (a separate set per stage)."""
         return nn.ModuleDict()
 
-    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
         """Feed one batch's outputs to the stage's metrics."""
 
-    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
         """Compute (and reset) the stage's metrics; keys without the stage prefix."""
         return {}
 
@@ -141,7 +150,7 @@ class TaskModule(pl.LightningModule):
         training (label names in id order): the inverse of the datamodule's `model_inputs`."""
         return {}
 
-    def stage_metrics(self, stage: str) -> nn.Module:
+    def stage_metrics(self, stage: str) -> nn.ModuleDict:
         """The metric set of `train`, `val` or `test`."""
         return getattr(self, f"{stage}_metrics")
 
@@ -154,9 +163,10 @@ class TaskModule(pl.LightningModule):
             config = AutoConfig.for_model(**{**self._hf_config, **config_fields})
             self.start = {"from": "checkpoint"}
             return auto_class.from_config(config)
-        from_config = self.hparams.get("from_config")
+        hparams: Any = self.hparams  # an AttributeDict: its keys read as attributes
+        from_config = hparams.get("from_config")
         if from_config:
-            fields = {**from_config, **(self.hparams.config_overrides or {}), **config_fields}
+            fields = {**from_config, **(hparams.config_overrides or {}), **config_fields}
             if "model_type" not in fields:
                 raise LmforgeError("model.from_config needs a model_type (e.g. gpt2).")
             try:
@@ -165,12 +175,12 @@ class TaskModule(pl.LightningModule):
                 raise LmforgeError(f"model.from_config could not build a config: {err}") from err
             self.start = {"from": "random initialisation (model.from_config)", "fresh": True}
             return auto_class.from_config(config)
-        name = self.hparams.pretrained
+        name = hparams.pretrained
         if not name:
             raise LmforgeError("Set model.pretrained (hub name or folder) or model.from_config.")
-        overrides = dict(self.hparams.config_overrides or {})
+        overrides = dict(hparams.config_overrides or {})
         try:
-            config: PretrainedConfig = AutoConfig.from_pretrained(name)
+            config = AutoConfig.from_pretrained(name)
         except Exception as err:
             raise LmforgeError(
                 f"model.pretrained={name!r} is not a model this run can load (expected a hub "
@@ -273,7 +283,7 @@ class TaskModule(pl.LightningModule):
             "trainable_percent": round(100 * trainable / max(total, 1), 4),
         }
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         if self.optimizer_factory is None:
             raise LmforgeError("No optimizer configured: set the `optimizer` config group.")
         factory = self.optimizer_factory

@@ -5,6 +5,8 @@ Two families over one data module: plain text, grouped into blocks or cut per do
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
@@ -20,7 +22,7 @@ class LanguageModelingModel(ModelSchema):
     generate_max_new_tokens: int = Field(ABSENT, gt=0)
 
 
-_SHARED = {
+_SHARED: dict[str, Any] = {
     "datamodule": "lmforge.tasks.language_modeling.data.LanguageModelingDataModule",
     "lower_is_better": ("loss", "perplexity"),
     "primary_metric": "perplexity",

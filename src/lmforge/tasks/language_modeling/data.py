@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import datasets
 import torch
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("causal", "masked")
 MODES = ("group", "truncate")
 
+T = TypeVar("T")
+
 
 def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token placed between documents: EOS where the tokenizer has one, else SEP.
@@ -41,7 +44,7 @@ def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
     )
 
 
-def group_blocks(sequences: list[list[int]], block_size: int) -> list[list[int]]:
+def group_blocks(sequences: list[list[T]], block_size: int) -> list[list[T]]:
     """Concatenate token sequences and cut them into blocks of `block_size`; the remainder
     shorter than a block is dropped."""
     joined = list(chain.from_iterable(sequences))
@@ -178,7 +181,7 @@ class LanguageModelingDataModule(TextDataModule):
         return raw, {"objective": self.objective, "mode": self.mode}
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
-        tokenizer = self.tokenizer
+        tokenizer = cast(PreTrainedTokenizerBase, self.tokenizer)  # loaded before tokenizing
         texts = [str(t) for t in batch[self.text_column]]
         masked = self.objective == "masked"
         wants_offsets = masked and self.whole_word_mask
@@ -241,25 +244,26 @@ class LanguageModelingDataModule(TextDataModule):
         return dataset.remove_columns(drop)
 
     def _masking_collator(self) -> DataCollatorForLanguageModeling:
-        if self.tokenizer.mask_token is None:
+        tokenizer = cast(PreTrainedTokenizerBase, self.tokenizer)  # loaded before encoding
+        if tokenizer.mask_token is None:
             raise LmforgeError(
                 f"model.tokenizer={self.tokenizer_name!r} has no mask token, so it cannot be "
                 "used for masked language modelling."
             )
         return DataCollatorForLanguageModeling(
-            self.tokenizer,
+            tokenizer,
             mlm=True,
             mlm_probability=self.mlm_probability,
             whole_word_mask=self.whole_word_mask,
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
 
-    def build_collator(self):
+    def build_collator(self) -> Callable[..., Any]:
         if self.objective == "causal":
             return CausalCollator(self._ensure_tokenizer(), self.pad_to_multiple_of)
         return self._masking_collator()
 
-    def eval_collator(self):
+    def eval_collator(self) -> Callable[..., Any]:
         if self.objective == "causal":
             return CausalCollator(self._ensure_tokenizer(), self.pad_to_multiple_of)
         # Masking was fixed at preprocessing: pad inputs, and labels with -100.

@@ -19,6 +19,9 @@ class TokenLoss(Metric):
     """
 
     full_state_update = False
+    # The states `add_state` registers (declared for the type checker; no value is set here).
+    total: torch.Tensor
+    tokens: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
@@ -40,15 +40,16 @@ class LanguageModelingModule(TaskModule):
                 f"model.objective={objective!r} does not fit {type(self).__name__}, which "
                 f"trains the {self.objective!r} objective."
             )
-        self._tokenizer = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
-    def tokenizer_object(self):
+    def tokenizer_object(self) -> PreTrainedTokenizerBase:
         """The tokenizer (for vocabulary size, special tokens and generation)."""
         if self._tokenizer is None:
             from lmforge.data.datamodule import load_tokenizer_for_batching
 
-            name = self.hparams.tokenizer or self.hparams.pretrained
+            hparams: Any = self.hparams  # an AttributeDict: its keys read as attributes
+            name = hparams.tokenizer or hparams.pretrained
             self._tokenizer = load_tokenizer_for_batching(name)
         return self._tokenizer
 
@@ -71,22 +72,23 @@ class LanguageModelingModule(TaskModule):
     def predicted_tokens(labels: torch.Tensor) -> torch.Tensor:
         return (labels != IGNORE_INDEX).sum()
 
-    def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:
+    # An instance method where the base's is static: it is only ever called on an instance.
+    def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:  # type: ignore[override]
         return max(int(self.predicted_tokens(batch["labels"])), 1)
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         outputs = self.model(**batch)  # the model's own (shifted, for causal) token loss
         return outputs.loss, {"loss": outputs.loss, "logits": outputs.logits}
 
-    def configure_metrics(self, stage: str) -> nn.Module:
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
         if stage == "train":
             return nn.ModuleDict()
         return nn.ModuleDict({"tokens": TokenLoss()})
 
-    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
         metrics["tokens"].update(outputs["loss"], self.predicted_tokens(batch["labels"]))
 
-    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
         values = {"perplexity": metrics["tokens"].compute()["perplexity"]}
         for name, metric in metrics.items():
             if name != "tokens":
@@ -134,13 +136,15 @@ class CausalLMModule(LanguageModelingModule):
         texts = []
         for prompt in prompts:
             ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
-            output = self.model.generate(
+            # A causal LM class mixes in `generate`, typed for a host protocol this cannot name.
+            output = cast(Any, self.model).generate(
                 **ids,
                 max_new_tokens=self.generate_max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 **self.generate_kwargs,
             )
-            texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
+            # One sequence of ids decodes to one str.
+            texts.append(cast(str, tokenizer.decode(output[0], skip_special_tokens=True)))
         return texts
 
     def on_validation_epoch_end(self) -> None:
@@ -162,7 +166,7 @@ class CausalLMModule(LanguageModelingModule):
                 )
             elif hasattr(getattr(logger, "experiment", None), "add_text"):  # TensorBoard
                 for i, text in enumerate(texts):
-                    logger.experiment.add_text(f"val/sample_{i}", text, step)
+                    cast(Any, logger).experiment.add_text(f"val/sample_{i}", text, step)
 
 
 class MaskedLMModule(LanguageModelingModule):
@@ -176,7 +180,7 @@ class MaskedLMModule(LanguageModelingModule):
     def build_model(self) -> PreTrainedModel:
         return self.load_pretrained(**self.vocabulary_fields())
 
-    def configure_metrics(self, stage: str) -> nn.Module:
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
         metrics = super().configure_metrics(stage)
         if stage != "train":
             vocabulary = self.model.config.vocab_size
@@ -185,7 +189,7 @@ class MaskedLMModule(LanguageModelingModule):
             )
         return metrics
 
-    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
         super().update_metrics(metrics, outputs, batch)
         labels = batch["labels"]
         keep = labels != IGNORE_INDEX

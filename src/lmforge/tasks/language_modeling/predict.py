@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -17,12 +17,13 @@ def decode_generation(
 ) -> dict[str, str]:
     """The decoded prompt + continuation, and the continuation alone (cut from the full text,
     so a continued word such as WordPiece's `##s` reads right)."""
-    full = tokenizer.decode(prompt + new, skip_special_tokens=True)
-    head = tokenizer.decode(prompt, skip_special_tokens=True)
+    # One sequence of ids decodes to one str (a batch of them would give a list).
+    full = cast(str, tokenizer.decode(prompt + new, skip_special_tokens=True))
+    head = cast(str, tokenizer.decode(prompt, skip_special_tokens=True))
     tail = (
         full[len(head) :]
         if full.startswith(head)
-        else tokenizer.decode(new, skip_special_tokens=True)
+        else cast(str, tokenizer.decode(new, skip_special_tokens=True))
     )
     return {"text": full, "continuation": tail.strip()}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import datasets
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from lmforge.data.checks import row_numbers
 from lmforge.data.datamodule import TextDataModule
@@ -204,7 +204,7 @@ class TextClassificationDataModule(TextDataModule):
                     "training, or fix or remove those rows."
                 )
             if self.multi_label:
-                labels = [
+                labels: list[Any] = [
                     [1.0 if j in row else 0.0 for j in range(len(label_names))] for row in ids
                 ]
             else:
@@ -220,7 +220,8 @@ class TextClassificationDataModule(TextDataModule):
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         texts = [str(t) for t in batch[self.text_column]]
         pairs = [str(t) for t in batch[self.text_pair_column]] if self.text_pair_column else None
-        encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        tokenizer = cast(PreTrainedTokenizerBase, self.tokenizer)  # loaded before tokenizing
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         out = dict(encoded)
         if encoded.encodings is not None:
             out["_truncated"] = [bool(e.overflowing) for e in encoded.encodings]
@@ -230,4 +231,7 @@ class TextClassificationDataModule(TextDataModule):
         return out
 
     def build_collator(self) -> DataCollatorWithPadding:
-        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
+        return DataCollatorWithPadding(
+            cast(PreTrainedTokenizerBase, self.tokenizer),  # loaded before batching
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )

@@ -88,7 +88,7 @@ class TextClassificationModule(TaskModule):
             return [row.nonzero().flatten().tolist() for row in chosen]
         return logits.argmax(dim=-1).tolist()
 
-    def configure_metrics(self, stage: str) -> nn.Module:
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
         n = len(self.label_names)
         if stage == "train":
             return nn.ModuleDict()  # training logs its loss only: metrics per step cost time
@@ -109,13 +109,13 @@ class TextClassificationModule(TaskModule):
             }
         )
 
-    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
         labels = batch["labels"]
         scores = torch.sigmoid(outputs) if self.multi_label else outputs
         for metric in metrics.values():
             metric.update(scores, labels.long() if self.multi_label else labels)
 
-    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = {}
         for name, metric in metrics.items():
             value = metric.compute()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import datasets
-from transformers import DataCollatorForTokenClassification
+from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from lmforge.data.datamodule import TextDataModule
 from lmforge.data.labels import IGNORE_INDEX
@@ -24,7 +24,7 @@ def check_tag(tag: str, scheme: str) -> bool:
     if tag == "O":
         return True
     match = re.fullmatch(r"([A-Z])-(.+)", tag)
-    return bool(match) and match.group(1) in SCHEME_PREFIXES[scheme]
+    return match is not None and match.group(1) in SCHEME_PREFIXES[scheme]
 
 
 def read_conll(
@@ -88,7 +88,10 @@ def read_conll(
             f"{key}={path!r}: the file holds no sentences (only blank or -DOCSTART- lines); "
             "expected token and tag lines."
         )
-    columns = {"tokens": [s[0] for s in sentences], "tags": [s[1] for s in sentences]}
+    columns: dict[str, list[Any]] = {
+        "tokens": [s[0] for s in sentences],
+        "tags": [s[1] for s in sentences],
+    }
     if with_lines:
         columns["lines"] = [s[2] for s in sentences]
     return datasets.Dataset.from_dict(columns)
@@ -308,13 +311,14 @@ class TokenClassificationDataModule(TextDataModule):
         return datasets.DatasetDict(encoded), {"label_names": names, "tag_scheme": self.tag_scheme}
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
-        if not self.tokenizer.is_fast:
+        tokenizer = cast(PreTrainedTokenizerBase, self.tokenizer)  # loaded before tokenizing
+        if not tokenizer.is_fast:
             raise LmforgeError(
                 f"model.tokenizer={self.tokenizer_name!r} is not a fast tokenizer; token "
                 "classification needs one to map subwords back to words."
             )
         words = [[str(w) for w in row] for row in batch[self.token_column]]
-        encoded = self.tokenizer(
+        encoded = tokenizer(
             words, is_split_into_words=True, truncation=True, max_length=self.max_length
         )
         labels, truncated = [], []
@@ -332,7 +336,7 @@ class TokenClassificationDataModule(TextDataModule):
 
     def build_collator(self) -> DataCollatorForTokenClassification:
         return DataCollatorForTokenClassification(
-            self.tokenizer,
+            cast(PreTrainedTokenizerBase, self.tokenizer),  # loaded before batching
             label_pad_token_id=IGNORE_INDEX,
             pad_to_multiple_of=self.pad_to_multiple_of,
         )

@@ -22,6 +22,10 @@ class EntityScores(Metric):
     """
 
     full_state_update = False
+    # The states `add_state` registers (declared for the type checker; no value is set here).
+    preds: list[torch.Tensor]
+    target: list[torch.Tensor]
+    lengths: list[torch.Tensor]
 
     def __init__(self, label_names: list[str], strict: bool = False, scheme: str = "IOB2"):
         super().__init__()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.tasks.base import TaskModule
@@ -67,7 +67,7 @@ class TokenClassificationModule(TaskModule):
     def distillation_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch["labels"] != IGNORE_INDEX  # (batch, seq): labelled subwords only
 
-    def configure_metrics(self, stage: str) -> nn.Module:
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
         if stage == "train":
             return nn.ModuleDict()
         return nn.ModuleDict(
@@ -79,7 +79,7 @@ class TokenClassificationModule(TaskModule):
             }
         )
 
-    def update_metrics(self, metrics: nn.Module, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
         predictions = outputs.argmax(dim=-1)  # (batch, seq)
         metrics["entities"].update(predictions, batch["labels"])
         metrics["token_acc"].update(predictions.flatten(), batch["labels"].flatten())
@@ -87,7 +87,7 @@ class TokenClassificationModule(TaskModule):
     def tag_words(
         self,
         sentences: list[list[str]],
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         max_length: int = 512,
         stride: int | None = None,
         batch_size: int = 32,
@@ -116,7 +116,7 @@ class TokenClassificationModule(TaskModule):
             for words, (tags, scores) in zip(sentences, tagged, strict=True)
         ]
 
-    def compute_metrics(self, metrics: nn.Module) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
         values = dict(metrics["entities"].compute())
         values["token_acc"] = metrics["token_acc"].compute()
         for metric in metrics.values():

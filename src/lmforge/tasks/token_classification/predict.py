@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -40,7 +40,7 @@ def best_window_positions(window_word_ids: list[list[int | None]]) -> dict[int, 
         first, last = content[0], content[-1]
         previous = None
         for position in content:
-            word = word_ids[position]
+            word = cast(int, word_ids[position])  # a content position: it holds a word
             if word != previous:
                 margin = min(position - first, last - position)
                 if word not in best or margin > best[word][0]:
