@@ -1,6 +1,6 @@
 """Which precision is fastest, and safe, at every batch shape: the sweep behind the default.
 
-    python benchmarks/precision_sweep.py            # the whole sweep (about 2 h on 2 quiet cores)
+    python benchmarks/precision_sweep.py            # the whole sweep (about 2.5 h on 2 quiet cores)
     python benchmarks/precision_sweep.py --batch-sizes 16 --repeats 1 --accuracy-seeds 1 \\
         --families                                  # a quick look (about 10 min)
 
