@@ -51,6 +51,8 @@ INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 # one padded and one without padding (width None: as long as its row).
 EXPORT_BATCH: tuple[tuple[int, ...], int | None] = ((16, 9), 16)
 CHECK_BATCHES: tuple[tuple[tuple[int, ...], int | None], ...] = (((23, 14, 6), 23), ((11,), None))
+# Decoder positions an encoder-decoder's parity check compares.
+DECODER_STEPS = 5
 # Parity inputs when neither parity_texts nor the run's data can be read.
 BUILTIN_TEXTS = (
     "The library reads and writes spreadsheets in several formats and converts between them "
@@ -79,10 +81,18 @@ def export(cfg: DictConfig) -> Path:
     out = _output_dir(cfg)
     run = load_run(str(cfg.ckpt_path), "lmforge-export")
     family, settings = run.family, run.settings()
+    if fmt not in family.export_formats:
+        raise LmforgeError(
+            f"format={fmt}: {family.name} models export as {', '.join(family.export_formats)} "
+            f"only (their output comes from a generation loop that calls the decoder once per "
+            f"token, which a single traced {fmt} graph does not hold)."
+        )
     model = run.module.export_model().eval()  # a copy with any adapter merged
     tokenizer, input_names = _export_tokenizer(family, model, str(run.tokenizer_dir))
     texts = _parity_texts(cfg, run, settings)
     example, checks = _parity_batches(tokenizer, texts, input_names, model)
+    if family.decoder_inputs:
+        example, *checks = [_with_decoder_inputs(b, model) for b in (example, *checks)]
 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
@@ -206,6 +216,23 @@ def _parity_batches(
     return example, checks
 
 
+def _with_decoder_inputs(batch: Batch, model: PreTrainedModel) -> Batch:
+    """An encoder-decoder's batch: the decoder reads the start token and then the first
+    `DECODER_STEPS - 1` source tokens (any tokens do: parity compares the two models on the
+    same inputs)."""
+    config: Any = model.config
+    start = config.decoder_start_token_id
+    start = start if start is not None else config.pad_token_id
+    source = batch["input_ids"][:, : DECODER_STEPS - 1]
+    first = torch.full((source.shape[0], 1), int(start or 0), dtype=source.dtype)
+    decoder_ids = torch.cat([first, source], dim=1)
+    return {
+        **batch,
+        "decoder_input_ids": decoder_ids,
+        "decoder_attention_mask": torch.ones_like(decoder_ids),
+    }
+
+
 def _encode(
     tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[Text],
@@ -273,6 +300,8 @@ def _data_texts(run: TrainedRun, settings: dict[str, Any], wanted: int = 8) -> l
             continue
         # Read after read_file: CoNLL and .txt readers set the column they produced.
         column = datamodule.run_settings()["text_column"]
+        if column not in dataset.column_names:  # e.g. translation dicts: no plain text column
+            continue
         rows: list[Text] = []
         for row in dataset.select(range(min(len(dataset), 10 * wanted))):
             text = row[column]
@@ -450,8 +479,10 @@ def check_parity(
         for batch in batches:
             reference = module.model(**batch)
             exported = run_exported(batch)
+            # Outputs per decoder position for encoder-decoders, per input token otherwise.
+            mask = batch.get("decoder_attention_mask", batch["attention_mask"])
             diffs = {
-                name: max_abs_diff(reference[name], output, batch["attention_mask"])
+                name: max_abs_diff(reference[name], output, mask)
                 for name, output in zip(family.export_outputs, exported, strict=True)
             }
             diff = max(diffs.values())
@@ -538,6 +569,14 @@ def _write_model_card(
             "from transformers import pipeline\n"
             f'model = pipeline("{family.pipeline_tag}", model="{folder}")\n'
             f'# or: transformers.{family.auto_class}.from_pretrained("{folder}")'
+        )
+        if family.has_pipeline
+        else (
+            f"from transformers import {family.auto_class}\n{load_tokenizer}"
+            f'model = {family.auto_class}.from_pretrained("{folder}")\n'
+            'inputs = tokenizer(["some text"], return_tensors="pt")\n'
+            "# generate() follows generation_config.json (the run's generation settings)\n"
+            "text = tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)"
         ),
         "onnx": (
             f"import onnxruntime\n{load_tokenizer}"

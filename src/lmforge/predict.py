@@ -94,7 +94,8 @@ def check_settings(cfg: DictConfig) -> None:
     for key, least, optional in (
         ("batch_size", 1, False),
         ("fill_top_k", 1, False),
-        ("generate.max_new_tokens", 1, False),
+        ("generate.max_new_tokens", 1, True),
+        ("generate.num_beams", 1, True),
         ("generate.num_return_sequences", 1, False),
         ("max_length", 1, True),
         ("stride", 0, True),

@@ -17,8 +17,10 @@ from lmforge.evaluation.comparison import (
     before_summary,
     build_comparison,
     predict_test_split,
+    scored_examples,
     write_comparison,
     write_test_predictions,
+    write_test_records,
 )
 from lmforge.evaluation.testing import best_validation
 from lmforge.loggers import publish_run_results
@@ -83,6 +85,9 @@ def record_end(
         max_flipped=cfg.compare.max_flipped,
         predictions=predictions,
     )
+    records = module.test_records() if after.get("test") and not predictions else None
+    if records and (examples := scored_examples(records, module.example_metric)):
+        comparison["examples"] = examples
     metrics = {
         "task": module.task_name,
         "test": after.get("test", {}),
@@ -104,12 +109,15 @@ def record_end(
         "tokenization_cache_hit": datamodule.cache_hit,
         "data_checks": datamodule.data_report,
         "resumed_from": evaluations["resumed"],
+        "evaluation_details": module.evaluation_details(),
     }
     path = write_json(run_dir, METRICS_FILE, metrics)
     write_comparison(run_dir, comparison)
     plot_run_curves(run_dir, cfg.optimized_metric)
     if predictions:
         write_test_predictions(run_dir, predictions)
+    elif records:
+        write_test_records(run_dir, records)
     publish_run_results(run.trainer.loggers, run_dir, metrics)
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)

@@ -5,6 +5,9 @@
 - `frozen_probe`: logistic regression on features of the untouched starting backbone, read in
   one no-grad pass: the mean-pooled last hidden state of each text (text classification), the
   hidden state of each labelled subword, i.e. each word's first subword (NER).
+- `lead`: the first k sentences of the source as the output (summarization's classic
+  baseline), k of 1-3 chosen on validation; `copy_source`: the source as the output
+  (translation). Both are scored by the module's own text metrics.
 
 Every logistic regression picks its C on the validation split, never on test. The scores come
 from the task module's own metric objects, so keys and numbers match its `val/...` and
@@ -18,6 +21,7 @@ This module imports no torch or scikit-learn at the top, so the config check can
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +49,13 @@ BASELINES: dict[str, str] = {
         "logistic regression on the frozen starting backbone's last hidden state, C chosen on "
         "validation"
     ),
+    "lead": "the first k sentences of the source as the output, k (1-3) chosen on validation",
+    "copy_source": "the source text itself as the output",
 }
+# Baselines of generated text: plain string rules, scored by the module's own text metrics.
+TEXT_BASELINES = ("lead", "copy_source")
+# The numbers of leading sentences the lead baseline tries.
+LEAD_SENTENCES = (1, 2, 3)
 # Regularisation strengths tried for every logistic regression.
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 # Evaluated splits and their metric-key prefixes (as the task modules log them).
@@ -185,7 +195,7 @@ def _skip_reason(name: str, module: TaskModule) -> str | None:
         return f"does not apply to {family.name} (it takes {', '.join(family.baselines)})"
     if problem := module.baseline_problem(name):
         return problem
-    if name != "majority" and not sklearn_available():
+    if name not in ("majority", *TEXT_BASELINES) and not sklearn_available():
         return SKLEARN_MISSING
     return None
 
@@ -282,7 +292,56 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
     return metrics, details
 
 
-_RUNNERS = {"majority": _majority, "tfidf_logreg": _tfidf_logreg, "frozen_probe": _frozen_probe}
+def lead_sentences(text: str, count: int) -> str:
+    """The first `count` sentences of a text (a sentence ends at . ! or ? and a space)."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    return " ".join(parts[:count])
+
+
+def _text_baseline(
+    module: TaskModule,
+    datamodule: TextDataModule,
+    output: Callable[[str, int], str],
+    choices: Sequence[int] = (1,),
+) -> tuple[dict, dict]:
+    """Score `output(source, k)` against the targets with the module's text metrics; k is
+    chosen on validation by the family's primary metric where `output` uses it."""
+    texts: Any = datamodule
+    splits = {split: texts.texts(split) for split in STAGES}
+
+    def scores(split: str, k: int) -> dict[str, float]:
+        pairs = list(splits[split].values())
+        predictions = [output(source, k) for source, _ in pairs]
+        scorer: Any = module  # a family with text baselines scores text (`text_scores`)
+        return dict(scorer.text_scores(predictions, [target for _, target in pairs]))
+
+    primary = module.family.primary_metric
+    tried = {k: scores("validation", k)[primary] for k in choices}
+    best = max(tried, key=lambda k: tried[k])
+    metrics = {
+        f"{stage}/{name}": value
+        for split, stage in STAGES.items()
+        for name, value in scores(split, best).items()
+    }
+    return metrics, {"k": best, f"validation_{primary}_by_k": tried}
+
+
+def _lead(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    return _text_baseline(module, datamodule, lead_sentences, LEAD_SENTENCES)
+
+
+def _copy_source(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    metrics, _ = _text_baseline(module, datamodule, lambda source, k: source)
+    return metrics, {}
+
+
+_RUNNERS = {
+    "majority": _majority,
+    "tfidf_logreg": _tfidf_logreg,
+    "frozen_probe": _frozen_probe,
+    "lead": _lead,
+    "copy_source": _copy_source,
+}
 
 
 def _labelled(gold: torch.Tensor, per_word: bool) -> torch.Tensor:

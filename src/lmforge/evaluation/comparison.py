@@ -297,6 +297,13 @@ def write_test_predictions(run_dir: Path, predictions: SplitPredictions) -> Path
     return path
 
 
+def write_test_records(run_dir: Path, records: list[dict[str, Any]]) -> Path:
+    """test_predictions.jsonl from a family's own records (e.g. source, reference, generated)."""
+    path = run_dir / PREDICTIONS_FILE
+    write_new(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
 # ----- comparison.md ----------------------------------------------------------------------------
 def _short_paths(text: str) -> str:
     """Long paths cut to their last three parts, for column headers (the intro has them whole)."""
@@ -347,7 +354,39 @@ def render_comparison(comparison: dict[str, Any]) -> str:
     lines += ["", *_baseline_lines(comparison["baselines"])]
     if "flipped" in comparison:
         lines += ["", *_flipped_lines(comparison["flipped"])]
+    if comparison.get("examples"):
+        lines += ["", *_example_lines(comparison["examples"])]
     return "\n".join(lines) + "\n"
+
+
+# Test examples shown per end (best, worst) for families whose records carry a score.
+SHOWN_EXAMPLES = 3
+
+
+def scored_examples(records: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The best and worst test records by their per-example `score` (None without scores)."""
+    scored = [r for r in records if isinstance(r.get("score"), (int, float))]
+    if not scored:
+        return None
+    ranked = sorted(scored, key=lambda r: r["score"])
+    count = min(SHOWN_EXAMPLES, len(ranked))
+    return {"metric": metric, "best": ranked[::-1][:count], "worst": ranked[:count]}
+
+
+def _example_lines(examples: dict[str, Any]) -> list[str]:
+    lines = [f"## Best and worst test examples (per-example {examples['metric']})"]
+    for end in ("best", "worst"):
+        lines += ["", f"{end.capitalize()}:", ""]
+        for record in examples[end]:
+            fields = ", ".join(
+                f"{k}: {markdown_cell(_clip(str(v)))}" for k, v in record.items() if k != "score"
+            )
+            lines.append(f"- {format_number(record['score'])}: {fields}")
+    return lines
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _intro(comparison: dict[str, Any]) -> str:

@@ -136,6 +136,18 @@ class TaskModule(pl.LightningModule):
         one label per example (multi-label: the list of ids); None for the others."""
         return None
 
+    # What the `score` of a test record measures (comparison.md's best and worst examples).
+    example_metric: ClassVar[str] = ""
+
+    def test_records(self) -> list[dict[str, Any]] | None:
+        """The last test pass's records for test_predictions.jsonl, for families whose
+        predictions are not labels (generated text); None for the others."""
+        return None
+
+    def evaluation_details(self) -> dict[str, Any]:
+        """Figures of the last evaluation passes for metrics.json (e.g. generation time)."""
+        return {}
+
     def run_settings(self) -> dict[str, Any]:
         """What prediction and export need to know of this model beyond its weights (label
         names, thresholds), saved in an export's lmforge.json."""

@@ -25,7 +25,10 @@ class TaskFamily:
         datamodule: dotted path of its LightningDataModule class.
         predictor: dotted path of its predictor class (`lmforge-predict`, sample predictions).
         auto_class: the transformers Auto class of its models.
-        pipeline_tag: the transformers `pipeline` task an exported folder loads in.
+        pipeline_tag: the Hub task tag of its models (and the transformers `pipeline` task
+            an exported folder loads in, where `has_pipeline`).
+        has_pipeline: transformers has a pipeline for the task (transformers 5 removed the
+            summarization and translation pipelines: such models run through `generate`).
         architecture_suffixes: endings of Hugging Face architecture names that mean this family
             (`ForSequenceClassification`), for exported folders without lmforge.json.
         peft_task_type: peft's task type, given to prompt-learning methods (None: peft wraps the
@@ -45,6 +48,9 @@ class TaskFamily:
         length_key: the data config key of the sequence length (`data.max_length`).
         token_type_ids: whether its models take token type ids (language models do not).
         export_outputs: the model outputs an export returns and checks, in order.
+        export_formats: the `lmforge-export` formats its models can take.
+        decoder_inputs: its models take decoder inputs besides the encoder's (encoder-decoder
+            models): the export check feeds them.
         distillation: whether a teacher's logits can be compared with the student's.
         data_schema, model_schema: the types and ranges of its own keys of the `data` and
             `model` groups (subclasses of `lmforge.config.schema.DataSchema`/`ModelSchema`).
@@ -72,6 +78,9 @@ class TaskFamily:
     length_key: str = "data.max_length"
     token_type_ids: bool = True
     export_outputs: tuple[str, ...] = ("logits",)
+    export_formats: tuple[str, ...] = ("hf", "onnx", "torchscript")
+    has_pipeline: bool = True
+    decoder_inputs: bool = False
     distillation: bool = False
     data_schema: Any = None
     model_schema: Any = None

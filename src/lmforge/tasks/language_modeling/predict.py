@@ -11,6 +11,9 @@ from lmforge.errors import LmforgeError
 from lmforge.positions import usable_positions
 from lmforge.tasks.predictor import InputText, Predictor
 
+# Tokens a causal LM continues a prompt by when generate.max_new_tokens is null.
+DEFAULT_NEW_TOKENS = 30
+
 
 def decode_generation(
     tokenizer: PreTrainedTokenizerBase, prompt: list[int], new: list[int]
@@ -36,14 +39,15 @@ class CausalLMPredictor(Predictor):
     @torch.inference_mode()
     def predict(self, batch: list[InputText]) -> list[dict[str, Any]]:
         options = self.options.generate
+        max_new = options.max_new_tokens or DEFAULT_NEW_TOKENS
         tokenizer = self.tokenizer
         room = self.max_length
         positions = usable_positions(self.model.config.to_dict())
         if positions:
-            room = min(room, positions - options.max_new_tokens)
+            room = min(room, positions - max_new)
         if room < 1:
             raise LmforgeError(
-                f"generate.max_new_tokens={options.max_new_tokens} leaves no room for the prompt "
+                f"generate.max_new_tokens={max_new} leaves no room for the prompt "
                 f"in the model's {positions} positions."
             )
         prompts = [
@@ -70,7 +74,7 @@ class CausalLMPredictor(Predictor):
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            max_new_tokens=options.max_new_tokens,
+            max_new_tokens=max_new,
             do_sample=options.do_sample,
             num_return_sequences=options.num_return_sequences,
             pad_token_id=pad,
