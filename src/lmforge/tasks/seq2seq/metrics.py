@@ -7,6 +7,7 @@ at run time: `evaluate.load` would download metric code, so the packages are cal
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -30,13 +31,20 @@ def sentences_on_lines(text: str) -> str:
     ).strip()
 
 
-def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean F-measure of ROUGE-1/2/L/Lsum over the pairs, with Porter stemming, in [0, 1]."""
+@functools.cache
+def _rouge_scorer() -> Any:
     from rouge_score import rouge_scorer
 
+    # rouge-score logs "Using default tokenizer." through absl at INFO for every scorer.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean F-measure of ROUGE-1/2/L/Lsum over the pairs, with Porter stemming, in [0, 1]."""
     if not predictions:
         return {name: 0.0 for name in ROUGE_TYPES}
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scorer = _rouge_scorer()
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
         scores = scorer.score(sentences_on_lines(reference), sentences_on_lines(prediction))
