@@ -468,3 +468,43 @@ def test_a_t5_checkpoint_without_a_source_prefix_is_warned_about(tiny_model, tmp
             source_prefix="summarize: ",
         )
     assert "T5 checkpoint" not in caplog.text
+
+
+def test_a_translation_run_records_bleu_chrf_and_their_signatures(translations, tmp_path):
+    cfg = compose_config(
+        [
+            "experiment=debian_translate_en_de",
+            f"data.train_file={translations / 'train.jsonl'}",
+            "data.target_lang=xx",
+            "data.batch_size=16",
+            "model.from_config.d_model=16",
+            "model.from_config.encoder_layers=1",
+            "model.from_config.decoder_layers=1",
+            "model.from_config.encoder_ffn_dim=32",
+            "model.from_config.decoder_ffn_dim=32",
+            "model.generate.max_new_tokens=4",
+            "model.generate.num_beams=2",
+            "trainer.max_epochs=1",
+            "trainer.precision=32-true",
+            "trainer.enable_progress_bar=false",
+            "callbacks.rich_progress_bar=null",
+            "evaluate_before=false",
+            "logger=csv",
+        ]
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"test/loss", "test/bleu", "test/chrf", "test/gen_len"}
+    signatures = metrics["evaluation_details"]["metric_signatures"]
+    assert "tok:13a" in signatures["bleu"] and "nc:6" in signatures["chrf"]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "test_predictions.jsonl").read_text().splitlines()
+    ]
+    scores = bleu_scores([r["generated"] for r in records], [r["reference"] for r in records])
+    assert metrics["test"]["test/chrf"] == pytest.approx(scores["chrf"], abs=1e-3)
+    copy = metrics["comparison"]["baselines"]["copy_source"]["metrics"]
+    assert copy["test/chrf"] > 0

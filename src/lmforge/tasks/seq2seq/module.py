@@ -457,9 +457,9 @@ class TranslationModule(Seq2SeqModule):
         self.metric_signatures = scores["signatures"]
         return {"bleu": scores["bleu"], "chrf": scores["chrf"]}
 
-    def run_settings(self) -> dict[str, Any]:
-        settings = super().run_settings()
+    def evaluation_details(self) -> dict[str, Any]:
+        details = super().evaluation_details()
         signatures = getattr(self, "metric_signatures", None)
         if signatures:
-            settings["metric_signatures"] = signatures
-        return settings
+            details["metric_signatures"] = signatures
+        return details
