@@ -310,7 +310,8 @@ def export_family(task: str | None, architectures: list[str] | None, model_dir: 
         raise LmforgeError(
             f"model_dir={model_dir!r}: its config.json names the architecture(s) "
             f"{architectures or 'none'}, none of which ends in {', '.join(endings)}; name the "
-            f'task in {EXPORT_SETTINGS_FILE} ({{"task": "text_classification"}}, ...).'
+            f'task in {EXPORT_SETTINGS_FILE} ({{"task": "<family>"}}), one of '
+            f"{', '.join(FAMILIES)}."
         )
     return family
 

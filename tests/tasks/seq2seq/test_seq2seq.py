@@ -66,8 +66,28 @@ def translations(tmp_path_factory) -> Path:
     return root
 
 
+# One short float32 epoch, quiet, without the start's evaluation: what every tiny run shares.
+TINY_RUN = [
+    "trainer.max_epochs=1",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "callbacks.rich_progress_bar=null",
+    "evaluate_before=false",
+    "logger=csv",
+]
+
+
+def _run_config(tmp_path: Path, overrides: list[str], run: str = "run"):
+    cfg = compose_config([*TINY_RUN, *overrides])  # the caller's overrides win
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / run)
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
 def tiny_summarization(tiny_model: Path, data: Path, tmp_path: Path, *extra: str, run: str = "run"):
-    cfg = compose_config(
+    return _run_config(
+        tmp_path,
         [
             "experiment=debian_summarize_minilm",
             f"model.pretrained={tiny_model}",
@@ -78,19 +98,10 @@ def tiny_summarization(tiny_model: Path, data: Path, tmp_path: Path, *extra: str
             "data.max_source_length=48",
             "data.max_target_length=8",
             "model.generate.max_new_tokens=6",
-            "trainer.max_epochs=1",
-            "trainer.precision=32-true",
-            "trainer.enable_progress_bar=false",
-            "callbacks.rich_progress_bar=null",
-            "evaluate_before=false",
-            "logger=csv",
             *extra,
-        ]
+        ],
+        run,
     )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / run)
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
 
 
 def _datamodule(tiny_model: Path, tmp_path: Path, **options) -> Seq2SeqDataModule:
@@ -471,7 +482,8 @@ def test_a_t5_checkpoint_without_a_source_prefix_is_warned_about(tiny_model, tmp
 
 
 def test_a_translation_run_records_bleu_chrf_and_their_signatures(translations, tmp_path):
-    cfg = compose_config(
+    cfg = _run_config(
+        tmp_path,
         [
             "experiment=debian_translate_en_de",
             f"data.train_file={translations / 'train.jsonl'}",
@@ -484,17 +496,8 @@ def test_a_translation_run_records_bleu_chrf_and_their_signatures(translations, 
             "model.from_config.decoder_ffn_dim=32",
             "model.generate.max_new_tokens=4",
             "model.generate.num_beams=2",
-            "trainer.max_epochs=1",
-            "trainer.precision=32-true",
-            "trainer.enable_progress_bar=false",
-            "callbacks.rich_progress_bar=null",
-            "evaluate_before=false",
-            "logger=csv",
-        ]
+        ],
     )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"test/loss", "test/bleu", "test/chrf", "test/gen_len"}
