@@ -152,6 +152,8 @@ class Seq2SeqModule(TaskModule):
             )
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._texts: dict[str, dict[int, tuple[str, str]]] = {}
+        # The validation rows generated on (the first max_generate_samples by row id).
+        self._capped_rows: set[int] | None = None
         self.last_test_records: list[dict[str, Any]] | None = None
         # Seconds spent generating, and outputs generated, in the last pass of each stage.
         self.generation_time: dict[str, dict[str, float]] = {}
@@ -343,8 +345,9 @@ class Seq2SeqModule(TaskModule):
         if cap is not None:
             # The same rows every epoch: the first `cap` of the split (by row id), whatever
             # order the length-sorted batches come in.
-            chosen = set(sorted(self._split_texts(stage))[:cap])
-            keep = [i for i, row in enumerate(rows) if row in chosen]
+            if self._capped_rows is None:  # chosen once, not per batch
+                self._capped_rows = set(sorted(self._split_texts(stage))[:cap])
+            keep = [i for i, row in enumerate(rows) if row in self._capped_rows]
             if not keep:
                 return
         else:
