@@ -511,3 +511,26 @@ def test_a_translation_run_records_bleu_chrf_and_their_signatures(translations, 
     assert metrics["test"]["test/chrf"] == pytest.approx(scores["chrf"], abs=1e-3)
     copy = metrics["comparison"]["baselines"]["copy_source"]["metrics"]
     assert copy["test/chrf"] > 0
+
+
+def test_validation_generates_every_n_epochs_and_computes_the_loss_every_epoch(
+    tiny_model, summaries, tmp_path
+):
+    import csv
+
+    cfg = tiny_summarization(
+        tiny_model,
+        summaries,
+        tmp_path,
+        "trainer.max_epochs=2",
+        "model.generate_every_n_epochs=2",
+        "compare.baselines=[]",
+    )
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    validation = [r for r in rows if r.get("val/loss")]
+    losses = [r["epoch"] for r in validation]
+    generated = [r["epoch"] for r in validation if r.get("val/rougeL")]
+    assert losses[:2] == ["0", "1"]  # the loss every epoch of the fit
+    assert generated[0] == "1"  # text metrics at the end of the second epoch only
+    assert "0" not in generated
