@@ -571,13 +571,7 @@ def _write_model_card(
             f'# or: transformers.{family.auto_class}.from_pretrained("{folder}")'
         )
         if family.has_pipeline
-        else (
-            f"from transformers import {family.auto_class}\n{load_tokenizer}"
-            f'model = {family.auto_class}.from_pretrained("{folder}")\n'
-            'inputs = tokenizer(["some text"], return_tensors="pt")\n'
-            "# generate() follows generation_config.json (the run's generation settings)\n"
-            "text = tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)"
-        ),
+        else family.hf_usage.replace("{folder}", folder),
         "onnx": (
             f"import onnxruntime\n{load_tokenizer}"
             f'session = onnxruntime.InferenceSession("{folder}/model.onnx")\n'

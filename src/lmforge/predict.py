@@ -94,6 +94,7 @@ def check_settings(cfg: DictConfig) -> None:
     for key, least, optional in (
         ("batch_size", 1, False),
         ("fill_top_k", 1, False),
+        ("alternatives", 0, False),
         ("generate.max_new_tokens", 1, True),
         ("generate.num_beams", 1, True),
         ("generate.num_return_sequences", 1, False),
@@ -335,7 +336,7 @@ def input_file_of(value: Any) -> Path | None:
     """The file `input=` names, checked (it exists, is UTF-8, has a known ending), or None
     for typed texts. A single word that looks like a path (a `/` or a data file ending) counts
     as a file, so a mistyped file name is an error rather than a text to predict on."""
-    if isinstance(value, ListConfig | list):
+    if isinstance(value, ListConfig | list | DictConfig | dict):
         return None
     text = str(value)
     looks_like_path = bool(text) and not any(c.isspace() for c in text)
@@ -346,19 +347,38 @@ def input_file_of(value: Any) -> Path | None:
 
 
 def typed_inputs(value: Any, predictor: Predictor) -> list[InputText]:
-    """The texts typed on the command line: `input='a text'` or `input='[one,two]'`."""
-    texts = [str(v) for v in value] if isinstance(value, ListConfig | list) else [str(value)]
+    """The texts typed on the command line: `input='a text'` or `input='[one,two]'`; for
+    models that read two texts, `input={question:'...',context:'...'}` or a list of such."""
+    items = list(value) if isinstance(value, ListConfig | list) else [value]
+    pair_column = predictor.text_pair_column
+    if pair_column:
+        return [_typed_pair(item, i, predictor) for i, item in enumerate(items, 1)]
+    texts = [str(v) for v in items]
     if not texts or any(not t.strip() for t in texts):
         raise LmforgeError(
             "input is empty; give a text (input='a text'), a list of texts (input='[one,two]') "
             "or a .txt/.csv/.jsonl/.json/.tsv/.parquet file."
         )
-    if predictor.text_pair_column:
-        raise LmforgeError(
-            f"This model reads text pairs ({predictor.text_column!r} + "
-            f"{predictor.text_pair_column!r}); give input= a csv/jsonl file with both columns."
-        )
     return [InputText(t, where=f"input text {i + 1}") for i, t in enumerate(texts)]
+
+
+def _typed_pair(item: Any, number: int, predictor: Predictor) -> InputText:
+    """One typed input of a model that reads two texts: a mapping of its two columns."""
+    first, second = predictor.text_column, str(predictor.text_pair_column)
+    example = f"input={{{first}:'...',{second}:'...'}}"
+    if not isinstance(item, DictConfig | dict):
+        raise LmforgeError(
+            f"This model reads text pairs ({first!r} + {second!r}); input {number} is "
+            f"{str(item)[:60]!r}. Type each input as {example} (a list of them for several), "
+            "or give a csv/jsonl file with both columns."
+        )
+    missing = [c for c in (first, second) if is_missing(item.get(c))]
+    if missing:
+        raise LmforgeError(
+            f"input {number} has no text for {', '.join(map(repr, missing))}; found keys "
+            f"{', '.join(map(repr, item)) or 'none'}. Expected {example}."
+        )
+    return InputText(str(item[first]), str(item[second]), where=f"input {number}")
 
 
 def read_input_file(file: Path, predictor: Predictor) -> list[InputText]:

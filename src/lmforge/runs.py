@@ -60,6 +60,8 @@ def load_task_module(path: str | Path, expected_task: str | None = None) -> Task
             **checkpoint["hyper_parameters"], hf_config=record["hf_config"], finetune=strategy
         )
         module.load_state_dict(checkpoint["state_dict"])
+    # What a module keeps beside its weights (a tuned threshold), as Lightning restores it.
+    module.on_load_checkpoint(checkpoint)
     module.eval()
     return module
 

@@ -131,7 +131,7 @@ def test_a_run_logs_exactly_the_metrics_the_spec_declares(name, trained):
 def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, tmp_path):
     family = FAMILIES[name]
     checkpoint = trained[name] / "checkpoints" / "last.ckpt"
-    inputs = "[" + ",".join(f"'{text}'" for text in family.example_inputs) + "]"
+    inputs = "[" + ",".join(map(typed, family.example_inputs)) + "]"
 
     def predicted(*source: str, run: str) -> list[dict]:
         cfg = compose_config([*source, f"input={inputs}", "seed=0"], config_name="predict")
@@ -154,6 +154,13 @@ def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, 
     assert json.dumps(from_folder, sort_keys=True) == json.dumps(
         from_checkpoint, sort_keys=True
     ) or (_close(from_folder, from_checkpoint))
+
+
+def typed(example: str | dict[str, str]) -> str:
+    """One example input as typed on the command line: 'a text' or {column:'text',...}."""
+    if isinstance(example, dict):
+        return "{" + ",".join(f"{key}:'{text}'" for key, text in example.items()) + "}"
+    return f"'{example}'"
 
 
 def _close(a: object, b: object) -> bool:

@@ -8,6 +8,10 @@
 - `lead`: the first k sentences of the source as the output (summarization's classic
   baseline), k of 1-3 chosen on validation; `copy_source`: the source as the output
   (translation). Both are scored by the module's own text metrics.
+- `word_overlap`: the answer span with the question's words nearest around it in the context
+  (a sliding-window word-overlap baseline of extractive QA, weighted by distance), its length
+  chosen on validation; `no_answer`: "no answer" to every question (for data with
+  unanswerable questions). Both are scored by the module's own exact match and F1.
 
 Every logistic regression picks its C on the validation split, never on test. The scores come
 from the task module's own metric objects, so keys and numbers match its `val/...` and
@@ -51,9 +55,77 @@ BASELINES: dict[str, str] = {
     ),
     "lead": "the first k sentences of the source as the output, k (1-3) chosen on validation",
     "copy_source": "the source text itself as the output",
+    "word_overlap": (
+        "the context span with the question's words nearest around it (within 10 words, each "
+        "weighted by 1/distance), span length (words) chosen on validation"
+    ),
+    "no_answer": "no answer to every question",
 }
 # Baselines of generated text: plain string rules, scored by the module's own text metrics.
 TEXT_BASELINES = ("lead", "copy_source")
+# Baselines of extracted answers: string rules over question and context, scored by the module.
+ANSWER_BASELINES = ("word_overlap", "no_answer")
+# Answer lengths (words) the word-overlap baseline tries, and the words it looks at on each side.
+OVERLAP_WIDTHS = (1, 2, 3, 4, 6, 8)
+OVERLAP_WINDOW = 10
+# Words too common to say which part of a context a question is about.
+QUESTION_STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "by",
+        "with",
+        "from",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "does",
+        "do",
+        "did",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "there",
+        "their",
+        "they",
+        "he",
+        "she",
+        "his",
+        "her",
+        "as",
+        "into",
+        "than",
+    }
+)
 # The numbers of leading sentences the lead baseline tries.
 LEAD_SENTENCES = (1, 2, 3)
 # Regularisation strengths tried for every logistic regression.
@@ -195,7 +267,7 @@ def _skip_reason(name: str, module: TaskModule) -> str | None:
         return f"does not apply to {family.name} (it takes {', '.join(family.baselines)})"
     if problem := module.baseline_problem(name):
         return problem
-    if name not in ("majority", *TEXT_BASELINES) and not sklearn_available():
+    if name not in ("majority", *TEXT_BASELINES, *ANSWER_BASELINES) and not sklearn_available():
         return SKLEARN_MISSING
     return None
 
@@ -315,15 +387,27 @@ def _text_baseline(
         scorer: Any = module  # a family with text baselines scores text (`text_scores`)
         return dict(scorer.text_scores(predictions, [target for _, target in pairs]))
 
+    return _chosen_on_validation(module, scores, choices, "k")
+
+
+def _chosen_on_validation(
+    module: TaskModule,
+    scores: Callable[[str, int], dict[str, float]],
+    choices: Sequence[int],
+    name: str,
+) -> tuple[dict, dict]:
+    """A rule's scores on validation and test, with its setting (`name`) chosen among
+    `choices` by the family's primary metric on validation."""
     primary = module.family.primary_metric
     tried = {k: scores("validation", k)[primary] for k in choices}
     best = max(tried, key=lambda k: tried[k])
     metrics = {
-        f"{stage}/{name}": value
+        f"{stage}/{metric}": value
         for split, stage in STAGES.items()
-        for name, value in scores(split, best).items()
+        for metric, value in scores(split, best).items()
     }
-    return metrics, {"k": best, f"validation_{primary}_by_k": tried}
+    details = {name: best, f"validation_{primary}_by_{name}": tried} if len(choices) > 1 else {}
+    return metrics, details
 
 
 def _lead(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
@@ -331,8 +415,71 @@ def _lead(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[
 
 
 def _copy_source(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
-    metrics, _ = _text_baseline(module, datamodule, lambda source, k: source)
-    return metrics, {}
+    return _text_baseline(module, datamodule, lambda source, k: source)
+
+
+def _word(token: str) -> str:
+    return re.sub(r"\W+", "", token.lower())
+
+
+def word_overlap_answer(question: str, context: str, width: int) -> str:
+    """The span of `width` context words nearest to the question's words: each question word
+    (content words only) found within `OVERLAP_WINDOW` words on either side adds 1 / its
+    distance in words (its nearest occurrence). A span holds no question word and neither
+    starts nor ends with a common word; the earliest span wins a tie; outer punctuation is
+    trimmed."""
+    asked = {_word(t) for t in question.split()} - QUESTION_STOPWORDS - {""}
+    tokens = [(m.start(), m.end(), _word(m.group())) for m in re.finditer(r"\S+", context)]
+    best, best_score = None, -1.0
+    for i in range(max(len(tokens) - width + 1, 0)):
+        span = tokens[i : i + width]
+        words = [word for _, _, word in span]
+        if any(w in asked for w in words) or not words[0] or not words[-1]:
+            continue
+        if words[0] in QUESTION_STOPWORDS or words[-1] in QUESTION_STOPWORDS:
+            continue
+        nearest: dict[str, float] = {}
+        last = i + width - 1
+        for p in range(max(i - OVERLAP_WINDOW, 0), min(last + OVERLAP_WINDOW + 1, len(tokens))):
+            word = tokens[p][2]
+            if word in asked and not i <= p <= last:
+                weight = 1 / (i - p if p < i else p - last)
+                nearest[word] = max(nearest.get(word, 0.0), weight)
+        score = sum(nearest.values())
+        if score > best_score:
+            best, best_score = (span[0][0], span[-1][1]), score
+    if best is None:
+        return ""
+    return context[best[0] : best[1]].strip(".,;:!?()[]\"'")
+
+
+def _answer_baseline(
+    module: TaskModule,
+    datamodule: TextDataModule,
+    answer: Callable[[str, str, int], str],
+    choices: Sequence[int] = (1,),
+) -> tuple[dict, dict]:
+    """Score `answer(question, context, k)` with the module's exact match and F1; k chosen on
+    validation by the family's primary metric where `answer` uses it."""
+    source: Any = datamodule  # a family with answer baselines reads questions (`examples`)
+    scorer: Any = module  # ... and scores answers (`answer_scores`)
+    examples = {split: source.examples(split) for split in STAGES}
+
+    def scores(split: str, k: int) -> dict[str, float]:
+        answers = {
+            row: answer(e["question"], e["context"], k) for row, e in examples[split].items()
+        }
+        return dict(scorer.answer_scores(answers, examples[split]))
+
+    return _chosen_on_validation(module, scores, choices, "words")
+
+
+def _word_overlap(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    return _answer_baseline(module, datamodule, word_overlap_answer, OVERLAP_WIDTHS)
+
+
+def _no_answer(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
+    return _answer_baseline(module, datamodule, lambda question, context, k: "")
 
 
 _RUNNERS = {
@@ -341,6 +488,8 @@ _RUNNERS = {
     "frozen_probe": _frozen_probe,
     "lead": _lead,
     "copy_source": _copy_source,
+    "word_overlap": _word_overlap,
+    "no_answer": _no_answer,
 }
 
 

@@ -416,8 +416,8 @@ def _baseline_lines(baselines: dict[str, dict[str, Any]]) -> list[str]:
         if "skipped" in record:
             lines.append(f"- `{name}` ({record['description']}): skipped, {record['skipped']}.")
             continue
-        details = ", ".join(f"{k} {v}" for k, v in record["details"].items())
-        lines.append(f"- `{name}`: {record['description']} ({details}; {record['seconds']} s).")
+        details = "".join(f"{k} {v}, " for k, v in record["details"].items())
+        lines.append(f"- `{name}`: {record['description']} ({details}{record['seconds']} s).")
     return lines
 
 

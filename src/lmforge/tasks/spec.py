@@ -28,7 +28,9 @@ class TaskFamily:
         pipeline_tag: the Hub task tag of its models (and the transformers `pipeline` task
             an exported folder loads in, where `has_pipeline`).
         has_pipeline: transformers has a pipeline for the task (transformers 5 removed the
-            summarization and translation pipelines: such models run through `generate`).
+            summarization, translation and question-answering pipelines).
+        hf_usage: for families without a pipeline, the code that runs an exported Hugging Face
+            folder (`{folder}` stands for its path), shown in the export's model card.
         architecture_suffixes: endings of Hugging Face architecture names that mean this family
             (`ForSequenceClassification`), for exported folders without lmforge.json.
         peft_task_type: peft's task type, given to prompt-learning methods (None: peft wraps the
@@ -55,7 +57,8 @@ class TaskFamily:
         data_schema, model_schema: the types and ranges of its own keys of the `data` and
             `model` groups (subclasses of `lmforge.config.schema.DataSchema`/`ModelSchema`).
         experiment: its shipped experiment (`conf/experiment/<name>.yaml`), runnable offline.
-        example_inputs: inputs a user can try on its models (`lmforge-predict input=...`).
+        example_inputs: inputs a user can try on its models (`lmforge-predict input=...`): a
+            text, or for families that read two texts a mapping of their two columns.
     """
 
     name: str
@@ -80,12 +83,13 @@ class TaskFamily:
     export_outputs: tuple[str, ...] = ("logits",)
     export_formats: tuple[str, ...] = ("hf", "onnx", "torchscript")
     has_pipeline: bool = True
+    hf_usage: str = ""
     decoder_inputs: bool = False
     distillation: bool = False
     data_schema: Any = None
     model_schema: Any = None
     experiment: str = ""
-    example_inputs: tuple[str, ...] = ()
+    example_inputs: tuple[Any, ...] = ()
 
     # ----- classes, loaded on demand -------------------------------------------------------------
     def module_class(self) -> Any:

@@ -46,6 +46,14 @@ _SHARED: dict[str, Any] = {
     "decoder_inputs": True,
     "export_formats": ("hf",),
     "has_pipeline": False,
+    "hf_usage": (
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
+        'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n'
+        'model = AutoModelForSeq2SeqLM.from_pretrained("{folder}")\n'
+        'inputs = tokenizer(["some text"], return_tensors="pt")\n'
+        "# generate() follows generation_config.json (the run's generation settings)\n"
+        "text = tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)"
+    ),
     "data_schema": Seq2SeqData,
     "model_schema": Seq2SeqModel,
 }
