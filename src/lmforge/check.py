@@ -75,6 +75,8 @@ def print_summary(report: Mapping[str, Any]) -> None:
             counts = [str((info.get("labels") or {}).get(name, 0)) for info in splits.values()]
             labels.add_row(name, *counts)
         console.print(labels)
+    for note in report.get("notes", []):
+        console.print(note, soft_wrap=True, highlight=False)
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
     console.print(f"The data is usable ({len(report['warnings'])} warning(s)).", highlight=False)

@@ -42,14 +42,27 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         log.warning("lmforge: stopped by Ctrl-C.")
         raise SystemExit(128 + signal.SIGINT) from None
-    except LmforgeError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        # Hydra wraps an error raised while instantiating a config node (a datamodule refusing
+        # its settings) in its own exception: the user's error is the one inside.
+        user_error = _user_error_in(err)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if multirun_hydra() is not None:
-            log.error("lmforge: error: %s", err)
+            log.error("lmforge: error: %s", user_error)
             raise
-        print(f"lmforge: error: {err}", file=sys.stderr)
+        print(f"lmforge: error: {user_error}", file=sys.stderr)
         sys.exit(1)
+
+
+def _user_error_in(err: BaseException) -> LmforgeError | None:
+    """The LmforgeError `err` is or was raised from, if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, LmforgeError):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 def _route_library_logs() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lmforge.config.compatibility import strategy_problem
 from lmforge.config.resources import config_dir
@@ -86,7 +87,12 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    """The value at `key`, or None where it is missing or interpolates a missing key (a model
+    option reading a data key that a mismatched data option lacks: reported by the checks)."""
+    try:
+        return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return None
 
 
 def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
@@ -264,7 +270,7 @@ def _check_task_parts(cfg: DictConfig, problems: list[str]) -> None:
         f"model._target_ trains {family.name} ({class_name(family.module)}), which reads "
         f"{wanted} data ({_options_building('data', wanted)}), but data._target_ builds "
         f"{class_name(data_target)}. Pick a matching model and data, or an experiment "
-        "(experiment=debian_ner_minilm, ...) that sets both."
+        f"that sets both (experiment={family.experiment})."
     )
 
 
@@ -293,8 +299,8 @@ def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
         if not family.logs(str(metric), flags):
             problems.append(
                 f"{key}={metric!r} is not a metric the {family.name} task logs during "
-                f"training, so no checkpoint or early stop could follow it; it logs {logged} "
-                "(<...>: one per label or entity type)."
+                f"training, so no checkpoint or early stop could follow it; it logs {logged}"
+                + (" (<...>: one per label or entity type)." if "<" in logged else ".")
             )
 
 

@@ -503,3 +503,30 @@ def test_model_fit_mistakes_fail_without_importing_lightning_or_datasets(tmp_pat
     )
     assert "EXIT 1 HEAVY ['torch', 'transformers']" in result.stdout, result.stdout + result.stderr
     assert_clear(result.stderr, "data.max_length")
+
+
+def test_a_model_whose_keys_read_missing_data_keys_gets_the_mismatch_message():
+    # model=question_answering reads data.version_2_with_negative, which classification data
+    # lacks: the checks report the mismatch instead of failing on the interpolation.
+    message = refused(compose_config(["model=question_answering"]))
+    assert_clear(
+        message,
+        "model._target_ trains question_answering",
+        "data=squad_v2",
+        "(experiment=debian_qa_minilm)",
+    )
+    assert "<...>" not in message
+
+
+def test_an_error_raised_while_a_config_node_is_built_is_printed_as_itself(capsys):
+    from hydra.errors import InstantiationException
+
+    from lmforge.cli import user_errors
+
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        try:
+            raise LmforgeError("data.doc_stride=200 must be less than data.max_length=192.")
+        except LmforgeError as err:
+            raise InstantiationException("Error in call to target 'X'") from err
+    assert exit_info.value.code == 1
+    assert_clear(capsys.readouterr().err, "data.doc_stride=200 must be less than")

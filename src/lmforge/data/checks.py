@@ -103,6 +103,9 @@ def build_report(
         "splits": {},
         "duplicates_with_train": {},
         "length_limit": {"key": length_key, "value": max_length},
+        # What a family adds about its data beyond the shared checks (e.g. windows per
+        # question): lines for the log and lmforge-check, not problems.
+        "notes": [],
         "warnings": [],
     }
     warnings = report["warnings"]
@@ -161,5 +164,7 @@ def log_report(report: Mapping[str, Any]) -> None:
             f"; {duplicates['count']} also in train" if duplicates else "",
             f"; labels {info['labels']}" if info.get("labels") else "",
         )
+    for note in report.get("notes", []):
+        log.info("Data %s", note)
     for warning in report["warnings"]:
         log.warning("Data check: %s", warning)

@@ -251,6 +251,7 @@ def test_misaligned_answers_are_named_dropped_or_fixed(tiny_model, tmp_path):
     kept = {r["id"] for split in dropped.raw_splits().values() for r in split}
     assert report["dropped"] == 2 and answered[0]["id"] not in kept
     assert any("dropped because an answer" in w for w in dropped.data_report["warnings"])
+    assert any(n.startswith("train: ") and " windows " in n for n in dropped.data_report["notes"])
 
     fixed = _datamodule(tiny_model, tmp_path / "fix", misaligned="fix", **options)
     rows_fixed = {r["id"]: r for split in fixed.raw_splits().values() for r in split}
@@ -327,6 +328,28 @@ def test_an_answer_beyond_the_first_window_is_labelled_in_a_later_one(tiny_model
     ids = features["input_ids"][-1][last[0] : last[1] + 1]
     assert tokenizer.decode(ids) == "rust"
     assert features["null_position"][0] == 0  # [CLS]
+
+
+def test_the_data_checks_count_windows_and_answers_no_window_holds(tiny_model, tmp_path):
+    long_answer = " ".join(["fonts"] * 40)
+    context = f"tool1 handles {long_answer}. It is written in Rust."
+    rows = [
+        {
+            "id": "long",
+            "question": "What does tool1 handle?",
+            "context": context,
+            "answers": {"text": [long_answer], "answer_start": [context.index(long_answer)]},
+        },
+        *_questions(8, seed=10),
+    ]
+    path = _write_jsonl(tmp_path / "train.jsonl", rows)
+    options = {"validation_file": str(path), "test_file": str(path)}
+    datamodule = _prepared(_datamodule(tiny_model, tmp_path, train_file=str(path), **options))
+    windows = datamodule.data_report["splits"]["train"]["windows"]
+    assert windows["questions"] == 9 and windows["answers_lost"] == 1
+    assert windows["windows"] == len(datamodule.splits["train"]) > 9
+    assert windows["answerable"] == 1 + sum(1 for r in rows[1:] if r["answers"]["text"])
+    assert any("1 of" in w and "no window whole" in w for w in datamodule.data_report["warnings"])
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -464,6 +464,14 @@ class QuestionAnsweringDataModule(TextDataModule):
                     f"not at its answer_start (data.misaligned={self.misaligned}), e.g. "
                     f"{', '.join(map(repr, misaligned['ids']))}."
                 )
+            if windows:
+                report["notes"].append(
+                    f"{split}: {windows['questions']} questions in {windows['windows']} windows "
+                    f"({windows['windows_per_question']} per question, up to "
+                    f"{windows['max_windows']}; {windows['multi_window_questions']} questions "
+                    f"read in several windows); {windows['answers_lost']} of "
+                    f"{windows['answerable']} answers in no window whole"
+                )
             lost = windows.get("answers_lost", 0)
             if lost:
                 report["warnings"].append(

@@ -169,7 +169,8 @@ class QuestionAnsweringModule(TaskModule):
             )
             for row in rows
         }
-        if self.version_2 and stage == "val" and self.hparams.get("null_threshold") is None:
+        tune = self.hparams.get("null_threshold") is None and not self._sanity_checking()
+        if self.version_2 and stage == "val" and tune:
             self._tune_threshold(decoded, examples)
             decoded = {
                 row: {**record, **self.thresholded(record)} for row, record in decoded.items()
@@ -181,6 +182,11 @@ class QuestionAnsweringModule(TaskModule):
             self.last_test_records = [self._record(examples[row], decoded[row]) for row in rows]
         gathered.reset()
         return {k: torch.tensor(float(v)) for k, v in values.items()}
+
+    def _sanity_checking(self) -> bool:
+        """Lightning's sanity check reads a few validation batches: not a split to tune on."""
+        trainer = self._trainer  # None outside a Trainer (baselines score with fresh metrics)
+        return bool(trainer is not None and trainer.sanity_checking)
 
     def thresholded(self, record: dict[str, Any]) -> dict[str, Any]:
         """A decoded answer re-decided under the current threshold."""
