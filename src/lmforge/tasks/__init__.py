@@ -54,7 +54,11 @@ def family_of_module(target: object) -> TaskFamily | None:
 def families_of_datamodule(target: object) -> list[TaskFamily]:
     """The families that read data with the datamodule `target` names."""
     name = class_name(target)
-    return [f for f in FAMILIES.values() if class_name(f.datamodule) == name]
+    return [
+        f
+        for f in FAMILIES.values()
+        if name in {class_name(d) for d in (f.datamodule, *f.other_datamodules)}
+    ]
 
 
 def family_of_architectures(architectures: list[str] | None) -> TaskFamily | None:

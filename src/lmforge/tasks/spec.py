@@ -23,6 +23,8 @@ class TaskFamily:
         name: recorded in checkpoints, metrics.json and lmforge.json (`text_classification`).
         module: dotted path of its LightningModule class.
         datamodule: dotted path of its LightningDataModule class.
+        other_datamodules: dotted paths of the datamodules of its other data formats
+            (instructions and chats for causal LMs), trained by the same module.
         predictor: dotted path of its predictor class (`lmforge-predict`, sample predictions).
         auto_class: the transformers Auto class of its models.
         pipeline_tag: the Hub task tag of its models (and the transformers `pipeline` task
@@ -69,6 +71,7 @@ class TaskFamily:
     pipeline_tag: str
     architecture_suffixes: tuple[str, ...]
     metrics: tuple[str, ...]
+    other_datamodules: tuple[str, ...] = ()
     peft_task_type: str | None = None
     peft_task_wrapper: bool = False
     prompt_learning: bool = False

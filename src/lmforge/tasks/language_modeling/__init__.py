@@ -1,11 +1,13 @@
 """Language modelling: causal (GPT-style, `model=gpt2`) and masked (BERT-style, `model=mlm`).
 
-Two families over one data module: plain text, grouped into blocks or cut per document.
+Two families over one data module: plain text, grouped into blocks or cut per document. Causal
+LMs also train on instructions and chats (`data=instructions`, `data=chat`): another data
+format of the same family, with the loss on the answers only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -16,6 +18,15 @@ from lmforge.tasks.spec import TaskFamily
 class LanguageModelingData(DataSchema):
     block_size: int | None = Field(ABSENT, gt=0)
     mlm_probability: float = Field(ABSENT, gt=0, lt=1)
+    # Instructions and chats.
+    max_length: int = Field(ABSENT, gt=0)
+    format: Literal["prompt_completion", "messages", "sharegpt"] = ABSENT
+    train_on: Literal["assistant", "last", "all"] = ABSENT
+    truncation: Literal["drop_turns", "drop"] = ABSENT
+    show_labels: int = Field(ABSENT, ge=0)
+    prompt_template: str | None = ABSENT
+    chat_template: str | None = ABSENT
+    system_prompt: str | None = ABSENT
 
 
 class LanguageModelingModel(ModelSchema):
@@ -43,6 +54,7 @@ FAMILIES = (
         name="causal_lm",
         module="lmforge.tasks.language_modeling.module.CausalLMModule",
         predictor="lmforge.tasks.language_modeling.predict.CausalLMPredictor",
+        other_datamodules=("lmforge.tasks.language_modeling.instructions.InstructionDataModule",),
         auto_class="AutoModelForCausalLM",
         pipeline_tag="text-generation",
         architecture_suffixes=("ForCausalLM", "LMHeadModel"),

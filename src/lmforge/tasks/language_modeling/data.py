@@ -53,7 +53,8 @@ def group_blocks(sequences: list[list[T]], block_size: int) -> list[list[T]]:
 
 
 class CausalCollator:
-    """Pads a batch; labels are the input ids with padding set to -100 (the model shifts).
+    """Pads a batch; labels are the input ids with padding set to -100 (the model shifts), or
+    the examples' own labels where they have them (instructions: -100 outside the answers).
 
     Written here because DataCollatorForLanguageModeling(mlm=False) finds padding by token id:
     GPT-style tokenizers pad with their EOS token, so it would also drop every real
@@ -76,6 +77,10 @@ class CausalCollator:
             ids[row, :n] = torch.tensor(example["input_ids"])
             mask[row, :n] = 1
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        for row, example in enumerate(examples):
+            if "labels" in example:
+                own = example["labels"]
+                labels[row, : len(own)] = torch.tensor(own)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

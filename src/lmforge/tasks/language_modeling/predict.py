@@ -34,7 +34,42 @@ def decode_generation(
 class CausalLMPredictor(Predictor):
     """Per prompt: `generate.num_return_sequences` generations, each the decoded prompt +
     continuation and the continuation alone. Prompts longer than the model can take keep
-    their end."""
+    their end. A model fine-tuned on chats gets each input as a user turn rendered with the
+    run's chat template (saved with its tokenizer) and the generation prompt; one fine-tuned
+    on instructions gets its prompt template filled with the input."""
+
+    def prompt_ids(self, text: str, where: str) -> list[int]:
+        """The tokens of one input as the run's training rendered prompts."""
+        from lmforge.tasks.language_modeling.chat import encode_spans, render
+        from lmforge.tasks.language_modeling.instructions import template_fields
+
+        tokenizer = self.tokenizer
+        data_format = self.settings.get("format")
+        if data_format in ("messages", "sharegpt"):
+            system = self.settings.get("system_prompt")
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": text})
+            template = str(tokenizer.chat_template or "")
+            if not template:
+                raise LmforgeError(
+                    "The model was fine-tuned on chats but its tokenizer carries no chat "
+                    "template; predict from the run's checkpoint or an lmforge export."
+                )
+            rendered = render(tokenizer, messages, template, add_generation_prompt=True)
+            return encode_spans(tokenizer, rendered, []).input_ids
+        prompt_template = self.settings.get("prompt_template")
+        if data_format == "prompt_completion" and prompt_template:
+            template = str(prompt_template)
+            fields = template_fields(template)
+            if len(fields) != 1:
+                raise LmforgeError(
+                    f"{where}: the run's prompt template names {len(fields)} columns "
+                    f"({', '.join(fields)}); typed or .txt inputs fill a template of one column."
+                )
+            return encode_spans(tokenizer, template.format(**{fields[0]: text}), []).input_ids
+        if data_format == "prompt_completion":
+            return encode_spans(tokenizer, text, []).input_ids
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.inference_mode()
     def predict(self, batch: list[InputText]) -> list[dict[str, Any]]:
@@ -50,10 +85,7 @@ class CausalLMPredictor(Predictor):
                 f"generate.max_new_tokens={max_new} leaves no room for the prompt "
                 f"in the model's {positions} positions."
             )
-        prompts = [
-            tokenizer(str(item.text), add_special_tokens=False)["input_ids"][-room:]
-            for item in batch
-        ]
+        prompts = [self.prompt_ids(str(item.text), item.where)[-room:] for item in batch]
         for item, prompt in zip(batch, prompts, strict=True):
             if not prompt:
                 raise LmforgeError(f"{item.where} gives no tokens to continue: {item.text!r}.")
