@@ -56,7 +56,7 @@ def test_help_lists_the_config_groups(tmp_path):
     ("override", "expected"),
     [
         ("optimizer.lr=-1", "optimizer.lr must be a number above 0, got -1"),
-        ("data=nope", "there is no data option 'nope'; expected one of conll2003, debian_"),
+        ("data=nope", "there is no data option 'nope'; expected one of chat, conll2003, debian_"),
         ("data=_shared", "there is no data option '_shared'"),
         ("data.txt_column=x", "data.txt_column"),
         ("resume=/no/such/run", "resume='/no/such/run': no such run directory"),
@@ -76,6 +76,7 @@ def test_eval_of_a_missing_checkpoint(tmp_path):
     assert "no such checkpoint file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the DDP path from the command line also runs in the multirun DDP test
 def test_ddp_sim_from_the_command_line_makes_one_run_dir(tmp_path, tiny_model, tiny_data):
     overrides = [o for o in tiny_overrides(tiny_model, tiny_data) if "max_epochs" not in o]
     result = run(
