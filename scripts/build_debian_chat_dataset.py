@@ -1,10 +1,12 @@
-"""Build the shipped chat data set: questions about Debian packages answered from their records.
+"""Build the shipped chat and preference data sets: questions about Debian packages answered
+from their records.
 
 Reads lmforge's shipped summarization data (`src/lmforge/resources/debian_summaries/`: each
 package's synopsis and long description, written by Debian maintainers) and writes one
 conversation per package, keeping that data set's train/validation/test split:
 
-    python scripts/build_debian_chat_dataset.py --out src/lmforge/resources/debian_chat
+    python scripts/build_debian_chat_dataset.py --out src/lmforge/resources/debian_chat \
+        --preferences-out src/lmforge/resources/debian_preferences
 
 Rules (deterministic: the same input gives byte-identical files):
 - Every conversation asks "What is <package> for?"; the answer is the package's synopsis, as
@@ -14,6 +16,10 @@ Rules (deterministic: the same input gives byte-identical files):
   keep the single exchange).
 - Every third package's conversation starts with the system message
   "You answer questions about Debian packages."
+
+Preference pairs (one per package): the prompt "What is <package> for?", the package's own
+answer (chosen) and the answer of the package `REJECTED_OFFSET` places later in the same split
+(rejected; the next one on whose answer differs).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 SPLITS = ("train", "validation", "test")
 SYSTEM = "You answer questions about Debian packages."
 MAX_PARAGRAPH_WORDS = 80
+REJECTED_OFFSET = 7
 
 
 def sentence(text: str) -> str:
@@ -47,13 +54,30 @@ def conversation(row: dict, position: int) -> dict:
     return {"id": row["package"], "messages": messages}
 
 
+def preference(rows: list[dict], position: int) -> dict:
+    """The package's own synopsis against another package's, for one prompt."""
+    chosen = sentence(rows[position]["synopsis"])
+    for step in range(REJECTED_OFFSET, REJECTED_OFFSET + len(rows)):
+        other = rows[(position + step) % len(rows)]
+        if sentence(other["synopsis"]).lower() != chosen.lower():
+            break
+    return {
+        "id": rows[position]["package"],
+        "prompt": f"What is {rows[position]['package']} for?",
+        "chosen": chosen,
+        "rejected": sentence(other["synopsis"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", default="src/lmforge/resources/debian_summaries")
     parser.add_argument("--out", default="src/lmforge/resources/debian_chat")
+    parser.add_argument("--preferences-out", default="src/lmforge/resources/debian_preferences")
     args = parser.parse_args()
-    out = Path(args.out)
+    out, preferences_out = Path(args.out), Path(args.preferences_out)
     out.mkdir(parents=True, exist_ok=True)
+    preferences_out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         rows = [
             json.loads(line)
@@ -65,6 +89,9 @@ def main() -> None:
             for chat in chats:
                 f.write(json.dumps(chat, ensure_ascii=False) + "\n")
         print(f"{split}: {len(chats)} conversations, {two} with two exchanges")
+        with open(preferences_out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for position in range(len(rows)):
+                f.write(json.dumps(preference(rows, position), ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

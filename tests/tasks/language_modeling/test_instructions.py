@@ -17,8 +17,8 @@ from lmforge.export import export
 from lmforge.predict import predict
 from lmforge.tasks.language_modeling.chat import encode_spans, marked_text, render
 from lmforge.tasks.language_modeling.instructions import InstructionDataModule
-from lmforge.train import train
-from tests.conftest import TINY_GPT2, compose_config
+from tests.conftest import compose_config
+from tests.tasks.language_modeling.runs import tiny_run
 
 BPE_TOKENIZER = shipped_data("debian_translations/tokenizer")
 # A Llama-2-style template: it writes the BOS itself and ends answers with EOS.
@@ -131,6 +131,21 @@ def test_an_alpaca_prompt_template_over_named_columns(tmp_path):
     assert datamodule.tokenizer.decode(ids).startswith("# # # instruction : name an editor.")
 
 
+def test_a_template_typed_on_the_command_line_gets_its_line_breaks(tmp_path):
+    # What a shell passes for data.prompt_template="Q:\n{instruction}\nA:": backslash-n.
+    cfg = compose_config(
+        ["experiment=debian_chat_gpt2", "data=instructions", 'data.prompt_template="Q:\\n{q}\\nA:"']
+    )
+    assert cfg.data.prompt_template == "Q:\\n{q}\\nA:"
+    datamodule = _datamodule(
+        tmp_path,
+        [{"q": "Name an editor.", "completion": "Vim."}],
+        format="prompt_completion",
+        prompt_template=cfg.data.prompt_template,
+    )
+    assert datamodule.prompt_template == "Q:\n{q}\nA:"
+
+
 def test_the_generation_prompt_is_a_token_prefix_of_the_training_rendering():
     for name, template in ((embedded_model_path(), None), (BPE_TOKENIZER, LLAMA_STYLE)):
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -239,26 +254,7 @@ def test_a_template_that_never_ends_answers_with_eos_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("chat_run")
-    cfg = compose_config(
-        [
-            "experiment=debian_chat_gpt2",
-            *TINY_GPT2,
-            "data.max_length=64",
-            "data.max_train_samples=64",
-            "data.max_eval_samples=16",
-            "data.max_test_samples=16",
-            "trainer.max_epochs=1",
-            "trainer.precision=32-true",
-            "trainer.enable_progress_bar=false",
-            "callbacks.rich_progress_bar=null",
-            "logger=csv",
-        ]
-    )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.cache_dir = str(root / "cache")
-    train(cfg)
-    return root / "run"
+    return tiny_run(root, "debian_chat_gpt2", "data.max_train_samples=64")
 
 
 def test_predict_renders_inputs_with_the_runs_template(chat_run, tmp_path):
@@ -324,3 +320,57 @@ def test_an_eos_used_as_padding_still_trains_where_it_ends_an_answer(tmp_path):
     assert int(short[length - 1]) == eos  # the answer's EOS trains
     assert bool((short[length:] == IGNORE_INDEX).all())  # the EOS padding does not
     assert bool((batch["input_ids"][1, length:] == eos).all())
+
+
+def test_packed_training_gives_the_loss_and_gradients_of_unpacked(tmp_path, tiny_gpt2):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.tasks.language_modeling.instructions import pack_examples
+
+    datamodule = _datamodule(tmp_path, [*CHATS, *CHATS[::-1]], max_length=64)
+    examples = [datamodule.splits["train"][i] for i in range(4)]
+    packed = pack_examples(datamodule.splits["train"], max_length=200)
+    assert len(packed) == 1  # all four in one sequence
+    assert packed[0]["position_ids"].count(0) == 4
+    collator = datamodule.build_collator()
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).float()
+
+    def loss_and_grads(batch: dict) -> tuple:
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    padded = collator(examples)
+    packed_batch = collator([packed[0]])
+    assert "attention_mask" not in packed_batch
+    assert int((packed_batch["labels"] != IGNORE_INDEX).sum()) == int(
+        (padded["labels"][:, 1:] != IGNORE_INDEX).sum()
+    )
+    loss, grads = loss_and_grads(padded)
+    packed_loss, packed_grads = loss_and_grads(packed_batch)
+    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(packed_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_fills_sequences_and_caps_count_examples(tmp_path):
+    rows = [*CHATS] * 6
+    datamodule = _datamodule(tmp_path, rows, packing=True, max_length=96, max_train_samples=10)
+    train = datamodule.splits["train"]
+    assert sum(r.count(0) for r in train["position_ids"]) == 10  # ten examples, capped first
+    assert all(len(r) <= 96 for r in train["input_ids"]) and len(train) < 10
+    assert len(datamodule.splits["validation"]) == 12  # evaluation stays unpacked
+
+
+def test_the_packing_check_finds_a_model_whose_packed_examples_see_each_other(tiny_gpt2):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.tasks.language_modeling.instructions import packing_leak
+    from lmforge.tasks.language_modeling.module import PACKING_TOLERANCE, CausalLMModule
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    assert packing_leak(model, CausalLMModule.forward_options) < 1e-5
+    # With a key/value cache transformers builds a plain causal mask: the examples leak.
+    assert packing_leak(model, {"use_cache": True}) > PACKING_TOLERANCE

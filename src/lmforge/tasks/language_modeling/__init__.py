@@ -2,7 +2,9 @@
 
 Two families over one data module: plain text, grouped into blocks or cut per document. Causal
 LMs also train on instructions and chats (`data=instructions`, `data=chat`): another data
-format of the same family, with the loss on the answers only.
+format of the same family, with the loss on the answers only. Preference tuning (DPO/IPO on
+chosen/rejected pairs, `data=preferences`) is a loss of causal LMs with metrics of its own, so
+it has its own spec here over the same model, template and predictor.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class LanguageModelingData(DataSchema):
     train_on: Literal["assistant", "last", "all"] = ABSENT
     truncation: Literal["drop_turns", "drop"] = ABSENT
     show_labels: int = Field(ABSENT, ge=0)
+    packing: bool = ABSENT
     prompt_template: str | None = ABSENT
     chat_template: str | None = ABSENT
     system_prompt: str | None = ABSENT
@@ -31,6 +34,9 @@ class LanguageModelingData(DataSchema):
 
 class LanguageModelingModel(ModelSchema):
     generate_max_new_tokens: int = Field(ABSENT, gt=0)
+    # Preference tuning.
+    beta: float = Field(ABSENT, gt=0)
+    loss: Literal["dpo", "ipo"] = ABSENT
 
 
 _SHARED: dict[str, Any] = {
@@ -65,6 +71,31 @@ FAMILIES = (
         experiment="debian_lm_gpt2_scratch",
         example_inputs=("This package provides",),
         **_SHARED,
+    ),
+    TaskFamily(
+        name="preference_tuning",
+        module="lmforge.tasks.language_modeling.module.PreferenceModule",
+        predictor="lmforge.tasks.language_modeling.predict.CausalLMPredictor",
+        auto_class="AutoModelForCausalLM",
+        pipeline_tag="text-generation",
+        # An exported preference-tuned model is a causal LM: its architecture name says so.
+        architecture_suffixes=(),
+        peft_task_type="CAUSAL_LM",
+        peft_task_wrapper=True,
+        metrics=("loss", "pref_acc", "reward_acc", "reward_margin", "logp_chosen", "logp_rejected"),
+        lower_is_better=("loss",),
+        primary_metric="pref_acc",
+        baseline_note=(
+            "The starting model (the 'before' column, also the reference of the loss) is the "
+            "baseline: its preference accuracy is what tuning has to raise."
+        ),
+        length_key="data.max_length",
+        token_type_ids=False,
+        data_schema=LanguageModelingData,
+        model_schema=LanguageModelingModel,
+        experiment="debian_dpo_gpt2",
+        example_inputs=("What is vim for?",),
+        datamodule="lmforge.tasks.language_modeling.preferences.PreferenceDataModule",
     ),
     TaskFamily(
         name="masked_lm",

@@ -70,6 +70,8 @@ class CausalCollator:
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(e["input_ids"]) for e in examples)
         width = -(-width // self.multiple) * self.multiple
+        if "position_ids" in examples[0]:
+            return self.packed(examples, width)
         ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
         for row, example in enumerate(examples):
@@ -82,6 +84,21 @@ class CausalCollator:
                 own = example["labels"]
                 labels[row, : len(own)] = torch.tensor(own)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def packed(self, examples: list[dict[str, list[int]]], width: int) -> dict[str, torch.Tensor]:
+        """Packed sequences (see `instructions.pack_examples`): no attention mask, so the model
+        builds its block-diagonal mask from `position_ids`; padding is one more block of its own
+        (positions from 0), outside the loss."""
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids[row, :n] = torch.tensor(example["input_ids"])
+            labels[row, :n] = torch.tensor(example["labels"])
+            positions[row, :n] = torch.tensor(example["position_ids"])
+            positions[row, n:] = torch.arange(width - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 class LanguageModelingDataModule(TextDataModule):

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import string
+from collections.abc import Callable
 from typing import Any, cast
 
 import datasets
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.datamodule import TextDataModule
@@ -62,6 +64,8 @@ class InstructionDataModule(TextDataModule):
         truncation: a sequence over max_length drops its first exchanges (keeping the system
             message) until it fits (`drop_turns`), or is left out (`drop`).
         show_labels: examples printed with their trained tokens marked (lmforge-check).
+        packing: training batches hold several examples per sequence, each attending only to
+            itself (see `pack_examples`); validation and test stay one example per sequence.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class InstructionDataModule(TextDataModule):
         train_on: str = "assistant",
         truncation: str = "drop_turns",
         show_labels: int = 0,
+        packing: bool = False,
         max_length: int = 512,
         **kwargs: Any,
     ) -> None:
@@ -91,13 +96,17 @@ class InstructionDataModule(TextDataModule):
         self.format = format
         self.prompt_column = prompt_column
         self.completion_column = completion_column
-        self.prompt_template = prompt_template or None
+        # A shell passes "\n" typed in a template as a backslash and an n: a line break meant.
+        self.prompt_template = (
+            prompt_template.replace("\\n", "\n").replace("\\t", "\t") if prompt_template else None
+        )
         self.messages_column = messages_column
         self.system_prompt = system_prompt or None
         self.chat_template_path = chat_template
         self.train_on = train_on
         self.truncation = truncation
         self.show_labels = int(show_labels or 0)
+        self.packing = bool(packing)
         self.template: str | None = None
         self._counts: dict[str, dict[str, int]] = {}
 
@@ -286,6 +295,23 @@ class InstructionDataModule(TextDataModule):
             )
         return dataset.select(keep).remove_columns(["_dropped", "_eos", "_trained"])
 
+    def _capped(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """The capped split; with packing, the capped training examples packed (caps count
+        examples either way)."""
+        dataset = super()._capped(split, dataset)
+        if self.packing and split == "train" and "input_ids" in dataset.column_names:
+            packed = pack_examples(dataset, self.max_length)
+            log.info(
+                "Packing: %d training examples in %d sequences of up to %d tokens "
+                "(%.1f%% of their tokens are examples' own).",
+                len(dataset),
+                len(packed),
+                self.max_length,
+                100 * sum(dataset["length"]) / max(len(packed) * self.max_length, 1),
+            )
+            return packed
+        return dataset
+
     def _data_checks(
         self, raw: datasets.DatasetDict, stats: dict[str, dict], meta: dict[str, Any]
     ) -> dict[str, Any]:
@@ -311,9 +337,80 @@ class InstructionDataModule(TextDataModule):
                 report["notes"].append("trained tokens between ⟦ ⟧:\n" + marked_text(encoded))
         return report
 
-    def build_collator(self) -> CausalCollator:
+    def build_collator(self) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
         # Padding is left out by the attention mask, the prompts by the labels set per token,
         # so an EOS used as pad still trains where it ends an answer.
         return CausalCollator(
             cast(PreTrainedTokenizerBase, self.tokenizer), self.pad_to_multiple_of
         )
+
+
+def pack_examples(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset:
+    """Examples packed into sequences of at most `max_length` tokens, without cross-talk.
+
+    Longest first, each into the open sequence with the most room left (a heap: n log n).
+    A packed sequence carries `position_ids` that restart at 0 for every example: transformers
+    builds a block-diagonal causal mask from them when no attention mask is given, on every
+    attention implementation, so each token attends only to its own example (written here
+    because transformers' flattening collator packs a batch with no length bound, and TRL's
+    packing needs FlashAttention for the same isolation). The first token of each example is
+    no target (it would be predicted from the previous example's end), as in an unpacked batch.
+    """
+    import heapq
+
+    ids, labels = dataset["input_ids"], dataset["labels"]
+    lengths = [len(row) for row in ids]
+    order = sorted(range(len(dataset)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    rooms: list[tuple[int, int]] = []  # (-room left, bin index)
+    for index in order:
+        if rooms and -rooms[0][0] >= lengths[index]:
+            room, b = heapq.heappop(rooms)
+            bins[b].append(index)
+            heapq.heappush(rooms, (room + lengths[index], b))
+        else:
+            bins.append([index])
+            heapq.heappush(rooms, (-(max_length - lengths[index]), len(bins) - 1))
+    packed: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
+    for members in bins:
+        members.sort()  # examples in data order within a sequence
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        row_positions: list[int] = []
+        for index in members:
+            row_ids.extend(ids[index])
+            row_labels.extend([IGNORE_INDEX, *labels[index][1:]])
+            row_positions.extend(range(len(ids[index])))
+        packed["input_ids"].append(row_ids)
+        packed["labels"].append(row_labels)
+        packed["position_ids"].append(row_positions)
+        packed["length"].append(len(row_ids))
+    return datasets.Dataset.from_dict(packed)
+
+
+@torch.no_grad()
+def packing_leak(model: Any, options: dict[str, Any]) -> float:
+    """How much an example's logits change when another example is packed before it (0 for
+    a model that isolates packed examples), on two short random sequences in float32."""
+    vocabulary = int(model.config.vocab_size)
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(vocabulary, (1, 5), generator=generator)
+    second = torch.randint(vocabulary, (1, 4), generator=generator)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            alone = model(
+                input_ids=second.to(device),
+                position_ids=torch.arange(4, device=device)[None],
+                **options,
+            ).logits
+            packed = model(
+                input_ids=torch.cat([first, second], dim=1).to(device),
+                position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=device),
+                **options,
+            ).logits[:, 5:]
+    finally:
+        model.train(was_training)
+    return float((alone.float() - packed.float()).abs().max())

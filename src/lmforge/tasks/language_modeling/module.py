@@ -17,6 +17,9 @@ from lmforge.tasks.language_modeling.metrics import TokenLoss
 
 log = logging.getLogger(__name__)
 
+# Largest change of an example's logits, packed behind another, that counts as isolation.
+PACKING_TOLERANCE = 1e-3
+
 
 class LanguageModelingModule(TaskModule):
     """Shared by causal and masked LM: the model's own loss, perplexity over tokens.
@@ -76,8 +79,12 @@ class LanguageModelingModule(TaskModule):
     def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:  # type: ignore[override]
         return max(int(self.predicted_tokens(batch["labels"])), 1)
 
+    # Keyword arguments of every training and evaluation forward pass.
+    forward_options: dict[str, Any] = {}
+
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        outputs = self.model(**batch)  # the model's own (shifted, for causal) token loss
+        # The model's own (shifted, for causal) token loss.
+        outputs = self.model(**batch, **self.forward_options)
         return outputs.loss, {"loss": outputs.loss, "logits": outputs.logits}
 
     def configure_metrics(self, stage: str) -> nn.ModuleDict:
@@ -106,6 +113,9 @@ class CausalLMModule(LanguageModelingModule):
 
     task_name = "causal_lm"
     objective = "causal"
+    # No key/value cache while training: none is needed, and with one transformers does not
+    # build the block-diagonal mask of packed sequences (their examples would see each other).
+    forward_options = {"use_cache": False}
 
     def __init__(
         self,
@@ -129,6 +139,21 @@ class CausalLMModule(LanguageModelingModule):
         return (
             labels[:, 1:] != IGNORE_INDEX
         ).sum()  # the model shifts: the first token is no target
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        datamodule: Any = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "packing", False):
+            from lmforge.tasks.language_modeling.instructions import packing_leak
+
+            leak = packing_leak(self.model, self.forward_options)
+            if leak > PACKING_TOLERANCE:
+                raise LmforgeError(
+                    f"data.packing=true, but this {self.model.config.model_type} model lets "
+                    f"packed examples see each other (an example's logits change by {leak:.2g} "
+                    "when another is packed before it): its attention does not build a "
+                    "block-diagonal mask from position_ids. Set data.packing=false."
+                )
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Continue each prompt with the model's generation settings."""
@@ -194,3 +219,181 @@ class MaskedLMModule(LanguageModelingModule):
         labels = batch["labels"]
         keep = labels != IGNORE_INDEX
         metrics["masked_acc"].update(outputs["logits"].argmax(dim=-1)[keep], labels[keep])
+
+
+class PreferenceModule(CausalLMModule):
+    """Preference tuning of a causal LM (DPO, or IPO with `loss=ipo`) on chosen/rejected pairs.
+
+    The reference is the model the run starts from: its log-probabilities of every pair of the
+    train, validation and test splits are computed once, before the first step (with a peft
+    strategy such as LoRA, by the same model with its adapters disabled: no second copy in
+    memory), and kept in the checkpoints, so a resumed run and later evaluations use the
+    same ones. Logged: the loss, `pref_acc` (the model gives the chosen answer the higher
+    log-probability), `reward_acc` and `reward_margin` (the implicit rewards
+    beta * (log p - log p_ref) of chosen against rejected), `logp_chosen`, `logp_rejected`.
+
+    Args:
+        beta: how far the model may move from the reference (DPO's temperature).
+        loss: dpo or ipo.
+    """
+
+    task_name = "preference_tuning"
+
+    def __init__(
+        self,
+        pretrained: str | None,
+        tokenizer: str | None = None,
+        beta: float = 0.1,
+        loss: str = "dpo",
+        **kwargs: Any,
+    ) -> None:
+        from lmforge.tasks.language_modeling.preferences import LOSSES
+
+        if loss not in LOSSES:
+            raise LmforgeError(f"model.loss={loss!r}; expected one of {', '.join(LOSSES)}.")
+        if not beta > 0:
+            raise LmforgeError(f"model.beta must be above 0, got {beta!r}.")
+        # Split -> (pairs, 2) reference log-probabilities of chosen and rejected, by row.
+        self.reference: dict[str, torch.Tensor] = {}
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
+
+    def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:  # type: ignore[override]
+        return int(batch["row"].shape[0])
+
+    # ----- the reference ------------------------------------------------------------------------
+    def _split_of_loop(self) -> str:
+        trainer = self.trainer
+        if trainer.training:
+            return "train"
+        if trainer.testing:
+            return "test"
+        return "validation"
+
+    @torch.no_grad()
+    def compute_reference(self, datamodule: Any) -> None:
+        """The starting model's log-probabilities of every pair of every split (once)."""
+        present = [s for s in ("train", "validation", "test") if s in datamodule.splits]
+        for split in present:
+            kept = self.reference.get(split)
+            if kept is not None and len(kept) != len(datamodule.splits[split]):
+                raise LmforgeError(
+                    f"The checkpoint keeps reference log-probabilities of {len(kept)} {split} "
+                    f"pairs, but this {split} split has {len(datamodule.splits[split])}: a "
+                    "preference model is evaluated on the splits of its own run (the "
+                    "reference, its starting model, is no longer at hand)."
+                )
+        missing = [s for s in present if s not in self.reference]
+        if not missing:
+            return
+        from contextlib import nullcontext
+
+        from lmforge.tasks.language_modeling.preferences import sequence_logps
+
+        model: Any = self.model
+        adapters = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+        was_training = model.training
+        model.eval()
+        collate = datamodule.build_collator()
+        try:
+            with adapters:
+                for split in missing:
+                    rows = datamodule.splits[split]
+                    values = torch.zeros(len(rows), 2)
+                    size = int(datamodule.eval_batch_size)
+                    for start in range(0, len(rows), size):
+                        batch = collate(
+                            [rows[i] for i in range(start, min(start + size, len(rows)))]
+                        )
+                        batch = {k: v.to(self.device) for k, v in batch.items()}
+                        logits = model(
+                            input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"],
+                            use_cache=False,
+                        ).logits
+                        logps = sequence_logps(logits, batch["labels"]).cpu()
+                        pairs = batch["row"].shape[0]
+                        values[batch["row"].cpu(), 0] = logps[:pairs]
+                        values[batch["row"].cpu(), 1] = logps[pairs:]
+                    self.reference[split] = values
+                    log.info(
+                        "Reference log-probabilities of %d %s pairs computed.", len(rows), split
+                    )
+        finally:
+            model.train(was_training)
+
+    def _ensure_reference(self) -> None:
+        datamodule: Any = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.compute_reference(datamodule)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._ensure_reference()
+
+    def on_validation_start(self) -> None:
+        self._ensure_reference()
+
+    def on_test_start(self) -> None:
+        self._ensure_reference()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["lmforge"]["reference_logps"] = {k: v.clone() for k, v in self.reference.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("lmforge", {}).get("reference_logps")
+        if saved:
+            self.reference = {k: torch.as_tensor(v) for k, v in saved.items()}
+
+    # ----- loss and metrics ---------------------------------------------------------------------
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        from lmforge.tasks.language_modeling.preferences import preference_loss, sequence_logps
+
+        hparams: Any = self.hparams
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+        logps = sequence_logps(logits, batch["labels"])
+        pairs = batch["row"].shape[0]
+        chosen, rejected = logps[:pairs], logps[pairs:]
+        split = self._split_of_loop()
+        if split not in self.reference:
+            raise LmforgeError(
+                f"No reference log-probabilities for the {split} split: they are computed "
+                "before training starts from the starting model."
+            )
+        reference = self.reference[split][batch["row"].cpu()].to(logps.device)
+        losses = preference_loss(
+            chosen, rejected, reference[:, 0], reference[:, 1], float(hparams.beta), hparams.loss
+        )
+        rewards = (
+            float(hparams.beta)
+            * ((chosen - reference[:, 0]) - (rejected - reference[:, 1])).detach()
+        )
+        outputs = {
+            "pref_acc": (chosen > rejected).float().detach(),
+            "reward_acc": (rewards > 0).float(),
+            "reward_margin": rewards,
+            "logp_chosen": chosen.detach(),
+            "logp_rejected": rejected.detach(),
+        }
+        return losses.mean(), outputs
+
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
+        from torchmetrics import MeanMetric
+
+        if stage == "train":
+            return nn.ModuleDict()
+        names = ("pref_acc", "reward_acc", "reward_margin", "logp_chosen", "logp_rejected")
+        return nn.ModuleDict({name: MeanMetric() for name in names})
+
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+        for name, metric in metrics.items():
+            metric.update(outputs[name])
+
+    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+        values = {}
+        for name, metric in metrics.items():
+            values[name] = metric.compute()
+            metric.reset()
+        return values
