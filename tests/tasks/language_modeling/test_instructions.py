@@ -374,3 +374,39 @@ def test_the_packing_check_finds_a_model_whose_packed_examples_see_each_other(ti
     assert packing_leak(model, CausalLMModule.forward_options) < 1e-5
     # With a key/value cache transformers builds a plain causal mask: the examples leak.
     assert packing_leak(model, {"use_cache": True}) > PACKING_TOLERANCE
+
+
+def test_a_llama_style_model_and_template_train_on_the_answers_and_pack_cleanly(tmp_path):
+    """A tiny random Llama with a byte-level BPE tokenizer whose own chat template writes the
+    BOS: the masks come out right and packed examples stay apart."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.tasks.language_modeling.instructions import packing_leak
+    from lmforge.tasks.language_modeling.module import CausalLMModule
+
+    folder = tmp_path / "llama"
+    tokenizer = AutoTokenizer.from_pretrained(BPE_TOKENIZER)
+    tokenizer.chat_template = LLAMA_STYLE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+    )
+    model.save_pretrained(folder)
+    datamodule = _datamodule(tmp_path / "data", CHATS, tokenizer=str(folder))
+    assert datamodule.template == LLAMA_STYLE  # the tokenizer's own template is used
+    assert _trained_text(datamodule, 1) == [" Reading mail. </s>"]
+    ids = datamodule.splits["train"][1]["input_ids"]
+    assert ids.count(tokenizer.bos_token_id) == 1
+    batch = datamodule.build_collator()([datamodule.splits["train"][i] for i in range(2)])
+    assert model(**batch, use_cache=False).loss.isfinite()
+    assert packing_leak(model, CausalLMModule.forward_options) < 1e-5
