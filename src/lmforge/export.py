@@ -539,12 +539,13 @@ def _write_info(
         out,
         EXPORT_SETTINGS_FILE,
         {
+            # The run's settings first: the export's own keys below are never overridden.
+            **settings,
             "task": family.name,
             "format": fmt,
             "model_file": MODEL_FILES[fmt],
             "inputs": input_names,
             "outputs": list(family.export_outputs),
-            **settings,
             "auto_class": family.auto_class,
             "pipeline_task": family.pipeline_tag,
             "model_type": model.config.model_type,

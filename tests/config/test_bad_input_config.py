@@ -111,7 +111,7 @@ def test_unknown_group_option_lists_the_options(tmp_path):  # cli
         result.stderr,
         "model=nonexistent",
         "there is no model option 'nonexistent'",
-        "expected one of bert2bert, gpt2, gpt2_scratch, masked_lm, question_answering, seq2seq,",
+        "expected one of bert2bert, dpo, dpo_scratch, gpt2, gpt2_scratch, masked_lm,",
     )
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
 

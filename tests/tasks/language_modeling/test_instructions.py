@@ -290,6 +290,18 @@ def test_the_exported_tokenizer_carries_the_chat_template(chat_run, tmp_path):
     assert exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
         "### User:\nWhat is vim for?\n\n### Assistant:\n"
     )
+    info = json.loads((folder / "lmforge.json").read_text())
+    assert info["format"] == "hf" and info["data_format"] == "messages"
+    # The exported folder predicts through the same template as the checkpoint.
+    cfg = compose_config(
+        [f"model_dir={folder}", "input='What is vim for?'", "generate.max_new_tokens=5"],
+        config_name="predict",
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "predict")
+    (record,) = [json.loads(line) for line in predict(cfg).read_text().splitlines()]
+    prompt = record["generations"][0]["text"]
+    assert prompt.startswith("# # # user : what is vim for? # # # assistant :")
 
 
 def test_a_chat_run_scores_the_loss_on_answers(chat_run):

@@ -135,7 +135,8 @@ class InstructionDataModule(TextDataModule):
         return {
             **super().run_settings(),
             "text_column": column,
-            "format": self.format,
+            # Not `format`: an export's lmforge.json uses that key for its own format.
+            "data_format": self.format,
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
         }

@@ -44,7 +44,7 @@ class CausalLMPredictor(Predictor):
         from lmforge.tasks.language_modeling.instructions import template_fields
 
         tokenizer = self.tokenizer
-        data_format = self.settings.get("format")
+        data_format = self.settings.get("data_format")
         if data_format in ("messages", "sharegpt"):
             system = self.settings.get("system_prompt")
             messages = [{"role": "system", "content": system}] if system else []

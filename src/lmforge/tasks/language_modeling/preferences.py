@@ -83,7 +83,7 @@ class PreferenceDataModule(InstructionDataModule):
         self.rejected_column = rejected_column
 
     def run_settings(self) -> dict[str, Any]:
-        return {**super().run_settings(), "format": "messages", "text_column": "text"}
+        return {**super().run_settings(), "data_format": "messages", "text_column": "text"}
 
     def preprocessing_settings(self) -> dict[str, Any]:
         return {
