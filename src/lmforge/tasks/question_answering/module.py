@@ -27,7 +27,7 @@ from lmforge.tasks.question_answering.metrics import (
 from lmforge.tasks.question_answering.spans import (
     WindowSpans,
     best_answer,
-    null_position,
+    null_positions,
     window_spans,
 )
 
@@ -128,13 +128,6 @@ class QuestionAnsweringModule(TaskModule):
             return nn.ModuleDict()
         return nn.ModuleDict({"answers": WindowAnswers()})
 
-    def null_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The null position of every window of a padded batch."""
-        ids, mask = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
-        return torch.tensor(
-            [null_position(i, m, self._cls_token_id) for i, m in zip(ids, mask, strict=True)]
-        )
-
     def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
         hparams: Any = self.hparams
         spans = window_spans(
@@ -142,7 +135,7 @@ class QuestionAnsweringModule(TaskModule):
             outputs.end_logits,
             batch["offsets"],
             batch["attention_mask"],
-            self.null_positions(batch),
+            null_positions(batch["input_ids"], batch["attention_mask"], self._cls_token_id),
             n_best=int(hparams.n_best),
             max_answer_length=int(hparams.max_answer_length),
         )

@@ -8,8 +8,8 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks.predictor import InputText, Predictor
-from lmforge.tasks.question_answering.data import encode_windows
-from lmforge.tasks.question_answering.spans import NOT_CONTEXT, best_answer, window_spans
+from lmforge.tasks.question_answering.data import WindowCollator, encode_windows
+from lmforge.tasks.question_answering.spans import best_answer, null_positions, window_spans
 
 
 class QuestionAnsweringPredictor(Predictor):
@@ -55,26 +55,22 @@ class QuestionAnsweringPredictor(Predictor):
             stride,
             where=lambda i: batch[i].where,
         )
+        # The training collator pads the windows and moves their offsets with left padding.
         names = [n for n in self.tokenizer.model_input_names if n in features]
-        padded = self.tokenizer.pad(
-            [{n: features[n][w] for n in names} for w in range(len(features["example"]))],
-            return_tensors="pt",
-        )
-        width = padded["input_ids"].shape[1]
-        left = self.tokenizer.padding_side == "left"
-        offsets = torch.full((len(features["example"]), width, 2), NOT_CONTEXT)
-        nulls = []
-        for w, window_offsets in enumerate(features["offsets"]):
-            shift = width - len(window_offsets) if left else 0
-            offsets[w, shift : shift + len(window_offsets)] = torch.tensor(window_offsets)
-            nulls.append(features["null_position"][w] + shift)
+        windows = [
+            {**{n: features[n][w] for n in names}, "offsets": features["offsets"][w]}
+            for w in range(len(features["example"]))
+        ]
+        padded = WindowCollator(self.tokenizer, None)(windows)
         outputs = self.model(**{n: padded[n].to(self.device) for n in names})
         spans = window_spans(
             outputs.start_logits,
             outputs.end_logits,
-            offsets,
+            padded["offsets"],
             padded["attention_mask"],
-            torch.tensor(nulls),
+            null_positions(
+                padded["input_ids"], padded["attention_mask"], self.tokenizer.cls_token_id
+            ),
             n_best=int(self._setting("n_best", 20)),
             max_answer_length=int(self._setting("max_answer_length", 30)),
         )

@@ -33,6 +33,14 @@ def null_position(
     return attended[0] if attended else 0
 
 
+def null_positions(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, cls_token_id: int | None
+) -> torch.Tensor:
+    """`null_position` of every window of a padded batch: (windows,)."""
+    rows = zip(input_ids.tolist(), attention_mask.tolist(), strict=True)
+    return torch.tensor([null_position(ids, mask, cls_token_id) for ids, mask in rows])
+
+
 @dataclass
 class Span:
     """One candidate answer: its character span in the context, the sum of its start and end
