@@ -156,18 +156,20 @@ class QuestionAnsweringModule(TaskModule):
         stage = "test" if metrics is self.test_metrics else "val"
         examples = self._split_examples(stage)
         rows = sorted(gathered.windows)
-        decoded = {
-            row: best_answer(
-                gathered.windows[row], examples[row]["context"], self.version_2, self.threshold
-            )
-            for row in rows
-        }
+
+        def decode() -> dict[int, dict[str, Any]]:
+            return {
+                row: best_answer(
+                    gathered.windows[row], examples[row]["context"], self.version_2, self.threshold
+                )
+                for row in rows
+            }
+
+        decoded = decode()
         tune = self.hparams.get("null_threshold") is None and not self._sanity_checking()
         if self.version_2 and stage == "val" and tune:
             self._tune_threshold(decoded, examples)
-            decoded = {
-                row: {**record, **self.thresholded(record)} for row, record in decoded.items()
-            }
+            decoded = decode()  # the answers under the tuned threshold
         predictions = {examples[row]["id"]: decoded[row]["answer"] for row in rows}
         golds = {examples[row]["id"]: examples[row]["answers"] for row in rows}
         values = squad_scores(predictions, golds, self.version_2)
@@ -180,13 +182,6 @@ class QuestionAnsweringModule(TaskModule):
         """Lightning's sanity check reads a few validation batches: not a split to tune on."""
         trainer = self._trainer  # None outside a Trainer (baselines score with fresh metrics)
         return bool(trainer is not None and trainer.sanity_checking)
-
-    def thresholded(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A decoded answer re-decided under the current threshold."""
-        abstain = not record["best_span"] or record["no_answer_probability"] > self.threshold
-        if abstain:
-            return {"answer": "", "start": None, "end": None, "score": 0.0, "no_answer": True}
-        return {"answer": record["best_span"], "no_answer": False}
 
     def _tune_threshold(
         self, decoded: dict[int, dict[str, Any]], examples: dict[int, dict[str, Any]]
