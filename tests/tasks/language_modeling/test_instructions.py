@@ -422,3 +422,11 @@ def test_a_llama_style_model_and_template_train_on_the_answers_and_pack_cleanly(
     batch = datamodule.build_collator()([datamodule.splits["train"][i] for i in range(2)])
     assert model(**batch, use_cache=False).loss.isfinite()
     assert packing_leak(model, CausalLMModule.forward_options) < 1e-5
+
+
+def test_a_system_prompt_goes_first_where_a_conversation_has_none(tmp_path):
+    datamodule = _datamodule(tmp_path, CHATS, system_prompt="Be brief.", show_labels=2)
+    shown = [n for n in datamodule.data_report["notes"] if n.startswith("trained tokens")]
+    # The second conversation had none: it gets the configured one; the first keeps its own.
+    assert "### System:\nBe brief." in shown[1]
+    assert "Be brief." not in shown[0] and "### System:\nAnswer briefly." in shown[0]

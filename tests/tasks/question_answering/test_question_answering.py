@@ -634,3 +634,16 @@ def test_onnx_and_torchscript_exports_match_both_outputs(qa_run, tmp_path, fmt):
     assert parity["passed"] and parity["outputs"] == ["start_logits", "end_logits"]
     for record in parity["inputs"]:
         assert set(record["outputs"]) == {"start_logits", "end_logits"}
+
+
+def test_a_fixed_null_threshold_is_kept_and_a_bad_one_refused(tiny_model):
+    from lmforge.tasks.question_answering.module import QuestionAnsweringModule
+
+    module = QuestionAnsweringModule(
+        pretrained=str(tiny_model), version_2_with_negative=True, null_threshold=0.3
+    )
+    assert module.run_settings()["null_threshold"] == 0.3
+    with pytest.raises(LmforgeError, match=r"model.null_threshold must be in \[0, 1\]"):
+        QuestionAnsweringModule(pretrained=str(tiny_model), null_threshold=1.5)
+    with pytest.raises(LmforgeError, match="model.n_best must be a whole number"):
+        QuestionAnsweringModule(pretrained=str(tiny_model), n_best=0)
