@@ -645,5 +645,5 @@ def test_a_fixed_null_threshold_is_kept_and_a_bad_one_refused(tiny_model):
     assert module.run_settings()["null_threshold"] == 0.3
     with pytest.raises(LmforgeError, match=r"model.null_threshold must be in \[0, 1\]"):
         QuestionAnsweringModule(pretrained=str(tiny_model), null_threshold=1.5)
-    with pytest.raises(LmforgeError, match="model.n_best must be a whole number"):
+    with pytest.raises(LmforgeError, match=r"model\.n_best must be a whole number"):
         QuestionAnsweringModule(pretrained=str(tiny_model), n_best=0)
