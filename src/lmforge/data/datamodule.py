@@ -365,7 +365,9 @@ class TextDataModule(pl.LightningDataModule):
 
     def _tokenize_with_stats(self, batch: dict[str, list]) -> dict[str, list]:
         encoded = self.tokenize(batch)
-        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        # A datamodule whose examples are not one sequence (preference pairs) gives its own.
+        if "length" not in encoded:
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         encoded["truncated"] = encoded.pop("_truncated")
         return encoded
 

@@ -178,6 +178,7 @@ class PreferenceDataModule(InstructionDataModule):
                 "chosen_labels",
                 "rejected_input_ids",
                 "rejected_labels",
+                "length",
                 "_truncated",
                 "_dropped",
                 "_eos",
@@ -200,6 +201,7 @@ class PreferenceDataModule(InstructionDataModule):
             out["rejected_input_ids"].append(rejected_ids)
             out["rejected_labels"].append(rejected_labels)
             longest = max(len(chosen_ids), len(rejected_ids))
+            out["length"].append(longest)  # what batches are grouped and capped by
             out["_truncated"].append(False)
             out["_dropped"].append(longest > self.max_length)
             ends = [
@@ -217,15 +219,6 @@ class PreferenceDataModule(InstructionDataModule):
         dataset = super().after_tokenize(split, dataset)
         # Indexes the reference log-probabilities of the split's pairs.
         return dataset.add_column("row", list(range(len(dataset))))
-
-    def _tokenize_with_stats(self, batch: dict[str, list]) -> dict[str, list]:
-        encoded = self.tokenize(batch)
-        encoded["length"] = [
-            max(len(c), len(r))
-            for c, r in zip(encoded["chosen_input_ids"], encoded["rejected_input_ids"], strict=True)
-        ]
-        encoded["truncated"] = encoded.pop("_truncated")
-        return encoded
 
     def encode_example(self, messages: Any) -> Any:
         """The chosen side of a pair (what lmforge-check's show_labels prints)."""
