@@ -103,7 +103,10 @@ def trained(tmp_path_factory) -> dict[str, Path]:
             # Families that score generated text: a few short outputs show the metrics.
             if "max_generate_samples" in cfg.model:
                 cfg.model.max_generate_samples = 4
+            if "generate" in cfg.model:
                 cfg.model.generate.max_new_tokens = 8
+            if "answer_max_new_tokens" in cfg.model:
+                cfg.model.answer_max_new_tokens = 8
         train(cfg)
         runs[name] = root / name
     return runs

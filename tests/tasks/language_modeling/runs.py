@@ -1,11 +1,15 @@
-"""A tiny capped run of a shipped causal-LM experiment, shared by the chat and preference tests."""
+"""Shared by the chat, answer-score and preference tests: data files, a datamodule over one
+file, and a tiny capped run of a shipped causal-LM experiment."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from omegaconf import open_dict
 
+from lmforge.config.resources import embedded_model_path
 from lmforge.train import train
 from tests.conftest import TINY_GPT2, compose_config
 
@@ -31,3 +35,25 @@ def tiny_run(root: Path, experiment: str, *overrides: str) -> Path:
         cfg.paths.cache_dir = str(root / "cache")
     train(cfg)
     return root / "run"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def one_file_datamodule(datamodule_class: Any, tmp_path: Path, rows: list[dict], **options) -> Any:
+    """A datamodule whose three splits are `rows` (the embedded tokenizer unless `options`
+    name another), set up."""
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    datamodule = datamodule_class(
+        train_file=str(path),
+        validation_file=str(path),
+        test_file=str(path),
+        cache_dir=str(tmp_path / "cache"),
+        **{"tokenizer": embedded_model_path(), **options},
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule

@@ -18,7 +18,7 @@ from lmforge.predict import predict
 from lmforge.tasks.language_modeling.chat import encode_spans, marked_text, render
 from lmforge.tasks.language_modeling.instructions import InstructionDataModule
 from tests.conftest import compose_config
-from tests.tasks.language_modeling.runs import tiny_run
+from tests.tasks.language_modeling.runs import one_file_datamodule, tiny_run
 
 BPE_TOKENIZER = shipped_data("debian_translations/tokenizer")
 # A Llama-2-style template: it writes the BOS itself and ends answers with EOS.
@@ -46,27 +46,9 @@ CHATS = [
 ]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _datamodule(tmp_path: Path, rows: list[dict], **options) -> InstructionDataModule:
-    path = _write_jsonl(tmp_path / "train.jsonl", rows)
-    settings = {
-        "train_file": str(path),
-        "validation_file": str(path),
-        "test_file": str(path),
-        "tokenizer": embedded_model_path(),
-        "cache_dir": str(tmp_path / "cache"),
-        "format": "messages",
-        **options,
-    }
-    datamodule = InstructionDataModule(**settings)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+    options = {"format": "messages", **options}
+    return one_file_datamodule(InstructionDataModule, tmp_path, rows, **options)
 
 
 def _trained_text(datamodule: InstructionDataModule, row: int) -> list[str]:
@@ -304,12 +286,21 @@ def test_the_exported_tokenizer_carries_the_chat_template(chat_run, tmp_path):
     assert prompt.startswith("# # # user : what is vim for? # # # assistant :")
 
 
-def test_a_chat_run_scores_the_loss_on_answers(chat_run):
+def test_a_chat_run_scores_the_loss_and_the_generated_answers(chat_run):
     metrics = json.loads((chat_run / "metrics.json").read_text())
     assert metrics["task"] == "causal_lm"
     assert metrics["validation"]["val/loss"] > 0
     notes = metrics["data_checks"]["notes"]
     assert any(n.startswith("train: 64 sequences train") or "sequences train" in n for n in notes)
+    # The model's own greedy answers to the 16 test prompts, scored one by one and on average.
+    records = [
+        json.loads(line) for line in (chat_run / "test_predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 16
+    assert metrics["test"]["test/answer_f1"] == pytest.approx(
+        sum(r["score"] for r in records) / 16, abs=0.01
+    )
+    assert 0 <= metrics["validation"]["val/answer_exact_match"] <= 100
 
 
 def test_marked_text_of_a_prompt_completion_pair():
@@ -420,7 +411,8 @@ def test_a_llama_style_model_and_template_train_on_the_answers_and_pack_cleanly(
     ids = datamodule.splits["train"][1]["input_ids"]
     assert ids.count(tokenizer.bos_token_id) == 1
     batch = datamodule.build_collator()([datamodule.splits["train"][i] for i in range(2)])
-    assert model(**batch, use_cache=False).loss.isfinite()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    assert model(**inputs, use_cache=False).loss.isfinite()
     assert packing_leak(model, CausalLMModule.forward_options) < 1e-5
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lmforge.config.resources import embedded_model_path
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 from lmforge.runs import load_task_module
@@ -21,7 +20,7 @@ from lmforge.tasks.language_modeling.preferences import (
     preference_loss,
     sequence_logps,
 )
-from tests.tasks.language_modeling.runs import tiny_run
+from tests.tasks.language_modeling.runs import one_file_datamodule, tiny_run
 
 PAIRS = [
     {"prompt": "What is vim for?", "chosen": "Editing text.", "rejected": "Playing music."},
@@ -29,25 +28,8 @@ PAIRS = [
 ]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _datamodule(tmp_path: Path, rows: list[dict], **options) -> PreferenceDataModule:
-    path = _write_jsonl(tmp_path / "pairs.jsonl", rows)
-    datamodule = PreferenceDataModule(
-        train_file=str(path),
-        validation_file=str(path),
-        test_file=str(path),
-        tokenizer=embedded_model_path(),
-        cache_dir=str(tmp_path / "cache"),
-        **options,
-    )
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+    return one_file_datamodule(PreferenceDataModule, tmp_path, rows, **options)
 
 
 def test_the_dpo_and_ipo_losses_against_hand_computed_values():

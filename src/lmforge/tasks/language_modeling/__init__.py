@@ -27,6 +27,7 @@ class LanguageModelingData(DataSchema):
     truncation: Literal["drop_turns", "drop"] = ABSENT
     show_labels: int = Field(ABSENT, ge=0)
     packing: bool = ABSENT
+    score_answers: bool = ABSENT
     prompt_template: str | None = ABSENT
     chat_template: str | None = ABSENT
     system_prompt: str | None = ABSENT
@@ -34,6 +35,8 @@ class LanguageModelingData(DataSchema):
 
 class LanguageModelingModel(ModelSchema):
     generate_max_new_tokens: int = Field(ABSENT, gt=0)
+    max_generate_samples: int | None = Field(ABSENT, ge=1)
+    answer_max_new_tokens: int = Field(ABSENT, gt=0)
     # Preference tuning.
     beta: float = Field(ABSENT, gt=0)
     loss: Literal["dpo", "ipo"] = ABSENT
@@ -67,7 +70,12 @@ FAMILIES = (
         peft_task_type="CAUSAL_LM",
         peft_task_wrapper=True,
         prompt_learning=True,
-        metrics=("loss", "perplexity"),
+        metrics=("loss", "perplexity", "answer_exact_match", "answer_f1"),
+        # Generated answers are scored on instruction and chat data only.
+        only_when={
+            "answer_exact_match": "data.score_answers",
+            "answer_f1": "data.score_answers",
+        },
         experiment="debian_lm_gpt2_scratch",
         example_inputs=("This package provides",),
         **_SHARED,

@@ -83,7 +83,12 @@ class CausalCollator:
             if "labels" in example:
                 own = example["labels"]
                 labels[row, : len(own)] = torch.tensor(own)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        # Instructions: each example's row in its split and the answer scored by generation.
+        for key in ("row", "answer_span"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([e[key] for e in examples])
+        return batch
 
     def packed(self, examples: list[dict[str, list[int]]], width: int) -> dict[str, torch.Tensor]:
         """Packed sequences (see `instructions.pack_examples`): no attention mask, so the model

@@ -28,6 +28,7 @@ from lmforge.errors import LmforgeError
 from lmforge.tasks.language_modeling.chat import (
     TRAIN_ON,
     Encoded,
+    Span,
     as_messages,
     assistant_spans,
     chat_template_of,
@@ -66,6 +67,9 @@ class InstructionDataModule(TextDataModule):
         show_labels: examples printed with their trained tokens marked (lmforge-check).
         packing: training batches hold several examples per sequence, each attending only to
             itself (see `pack_examples`); validation and test stay one example per sequence.
+        score_answers: every example carries the token span of its first trained answer
+            (`answer_span`), which the module generates from the conversation before it and
+            scores by exact match and token F1 (`answer_exact_match`, `answer_f1`).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class InstructionDataModule(TextDataModule):
         truncation: str = "drop_turns",
         show_labels: int = 0,
         packing: bool = False,
+        score_answers: bool = True,
         max_length: int = 512,
         **kwargs: Any,
     ) -> None:
@@ -107,6 +112,7 @@ class InstructionDataModule(TextDataModule):
         self.truncation = truncation
         self.show_labels = int(show_labels or 0)
         self.packing = bool(packing)
+        self.score_answers = bool(score_answers)
         self.template: str | None = None
         self._counts: dict[str, dict[str, int]] = {}
 
@@ -152,6 +158,7 @@ class InstructionDataModule(TextDataModule):
             "train_on": self.train_on,
             "truncation": self.truncation,
             "show_labels": self.show_labels,
+            "score_answers": self.score_answers,
         }
 
     # ----- reading rows ------------------------------------------------------------------------
@@ -225,29 +232,56 @@ class InstructionDataModule(TextDataModule):
         return datasets.DatasetDict(encoded), {"format": self.format}
 
     # ----- tokens and labels -------------------------------------------------------------------
-    def encode_example(self, messages: list[dict[str, str]]) -> Encoded:
-        """One example's tokens and trained mask (no truncation)."""
+    def _rendered(self, messages: list[dict[str, str]]) -> tuple[str, list[Span], Span | None]:
+        """One example's text, the character spans that train, and the span of the answer
+        scored by generation (the first trained answer; with train_on=all, the first
+        assistant turn)."""
         tokenizer = self._ensure_tokenizer()
         if self.format == "prompt_completion":
             prompt, completion = messages[0]["content"], messages[1]["content"]
             text = prompt + completion + str(tokenizer.eos_token)
-            return encode_spans(tokenizer, text, [(len(prompt), len(text))])
-        text, spans = assistant_spans(tokenizer, messages, cast(str, self.template), self.train_on)
-        return encode_spans(tokenizer, text, spans)
+            return text, [(len(prompt), len(text))], (len(prompt), len(text))
+        template = cast(str, self.template)
+        text, spans = assistant_spans(tokenizer, messages, template, self.train_on)
+        answers = (
+            assistant_spans(tokenizer, messages, template, "assistant")[1]
+            if self.train_on == "all"
+            else spans
+        )
+        return text, spans, answers[0] if answers else None
+
+    def encode_example(self, messages: list[dict[str, str]]) -> Encoded:
+        """One example's tokens and trained mask (no truncation)."""
+        text, spans, _ = self._rendered(messages)
+        return encode_spans(self._ensure_tokenizer(), text, spans)
+
+    def _encoded_with_answer(self, messages: list[dict[str, str]]) -> tuple[Encoded, list[int]]:
+        """An example's tokens and trained mask, and the [start, end) token span of its scored
+        answer ([0, 0] without one)."""
+        text, spans, answer = self._rendered(messages)
+        encoded = encode_spans(self._ensure_tokenizer(), text, spans)
+        inside = [
+            i
+            for i, (start, _) in enumerate(encoded.offsets)
+            if answer is not None and answer[0] <= start < answer[1]
+        ]
+        # Tokens start inside a span in one run: the answer's text is contiguous.
+        return encoded, [inside[0], inside[-1] + 1] if inside else [0, 0]
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         tokenizer = cast(PreTrainedTokenizerBase, self.tokenizer)
         out: dict[str, list] = {
-            k: [] for k in ("input_ids", "labels", "_truncated", "_dropped", "_eos", "_trained")
+            k: [] for k in ("input_ids", "labels", "answer_span", "_truncated", "_dropped", "_eos")
         }
+        out["_trained"] = []
         for messages in batch["example"]:
-            encoded, dropped_turns = self.encode_example(messages), False
+            (encoded, answer), dropped_turns = self._encoded_with_answer(messages), False
             while len(encoded.input_ids) > self.max_length and self.truncation == "drop_turns":
                 shorter = drop_first_turns(messages) if self.format != "prompt_completion" else None
                 if shorter is None:
                     break
                 messages, dropped_turns = shorter, True
-                encoded = self.encode_example(messages)
+                encoded, answer = self._encoded_with_answer(messages)
             too_long = len(encoded.input_ids) > self.max_length
             labels = [
                 t if keep else IGNORE_INDEX
@@ -255,6 +289,7 @@ class InstructionDataModule(TextDataModule):
             ]
             out["input_ids"].append(encoded.input_ids[: self.max_length])
             out["labels"].append(labels[: self.max_length])
+            out["answer_span"].append(answer)
             out["_truncated"].append(dropped_turns)
             out["_dropped"].append(too_long)
             out["_eos"].append(
@@ -262,6 +297,8 @@ class InstructionDataModule(TextDataModule):
                 in [t for t, keep in zip(encoded.input_ids, encoded.trained, strict=True) if keep]
             )
             out["_trained"].append(any(encoded.trained))
+        if not self.score_answers:
+            del out["answer_span"]
         return out
 
     def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
@@ -294,7 +331,10 @@ class InstructionDataModule(TextDataModule):
                 f"are longer than data.max_length={self.max_length} tokens and "
                 f"{counts['no_trained_tokens']} have no trained token."
             )
-        return dataset.select(keep).remove_columns(["_dropped", "_eos", "_trained"])
+        dataset = dataset.select(keep).remove_columns(["_dropped", "_eos", "_trained"])
+        # Each example's place in its split: which answers validation scores, and which
+        # reference log-probabilities a preference pair has.
+        return dataset.add_column("row", list(range(len(dataset))))
 
     def _capped(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """The capped split; with packing, the capped training examples packed (caps count

@@ -7,11 +7,13 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.answers import GeneratedTexts, answer_scores, exact_match, token_f1
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.language_modeling.metrics import TokenLoss
 
@@ -83,8 +85,10 @@ class LanguageModelingModule(TaskModule):
     forward_options: dict[str, Any] = {}
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        # The model's own (shifted, for causal) token loss.
-        outputs = self.model(**batch, **self.forward_options)
+        # The model's own (shifted, for causal) token loss; the rows and answer spans of
+        # instruction batches are for generation only.
+        inputs = {k: v for k, v in batch.items() if k not in ("row", "answer_span")}
+        outputs = self.model(**inputs, **self.forward_options)
         return outputs.loss, {"loss": outputs.loss, "logits": outputs.logits}
 
     def configure_metrics(self, stage: str) -> nn.ModuleDict:
@@ -98,6 +102,8 @@ class LanguageModelingModule(TaskModule):
     def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
         values = {"perplexity": metrics["tokens"].compute()["perplexity"]}
         for name, metric in metrics.items():
+            if not isinstance(metric, Metric):
+                continue  # gathered texts, scored by the subclass
             if name != "tokens":
                 values[name] = metric.compute()
             metric.reset()
@@ -109,6 +115,18 @@ class CausalLMModule(LanguageModelingModule):
 
     With `generate_prompts`, the end of every validation writes a continuation of each prompt
     to the log and to the loggers that take text (W&B, TensorBoard).
+
+    On instruction and chat data (`data.score_answers`), validation and test also generate
+    each example's first trained answer, greedily, from the conversation before it (rendered
+    as in training) and score it against the reference: `answer_exact_match` and `answer_f1`
+    (0-100, SQuAD's normalisation). Validation generates on its first `max_generate_samples`
+    examples (null: all of them), test on all; the test answers go to test_predictions.jsonl.
+
+    Args:
+        generate_max_new_tokens, generate_kwargs: the settings of the `generate_prompts`
+            samples.
+        answer_max_new_tokens: the longest answer generated for scoring (a longer reference
+            cannot match exactly).
     """
 
     task_name = "causal_lm"
@@ -124,11 +142,25 @@ class CausalLMModule(LanguageModelingModule):
         generate_prompts: list[str] | None = None,
         generate_max_new_tokens: int = 30,
         generate_kwargs: dict[str, Any] | None = None,
+        max_generate_samples: int | None = 64,
+        answer_max_new_tokens: int = 64,
         **kwargs: Any,
     ) -> None:
         self.generate_prompts = list(generate_prompts or [])
         self.generate_max_new_tokens = generate_max_new_tokens
         self.generate_kwargs = dict(generate_kwargs or {})
+        if max_generate_samples is not None and max_generate_samples < 1:
+            raise LmforgeError(
+                f"model.max_generate_samples must be 1 or more (or null: every validation "
+                f"example), got {max_generate_samples}."
+            )
+        if answer_max_new_tokens < 1:
+            raise LmforgeError(
+                f"model.answer_max_new_tokens must be 1 or more, got {answer_max_new_tokens}."
+            )
+        self.max_generate_samples = max_generate_samples
+        self.answer_max_new_tokens = answer_max_new_tokens
+        self.last_test_records: list[dict[str, Any]] | None = None
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
@@ -154,6 +186,108 @@ class CausalLMModule(LanguageModelingModule):
                     "when another is packed before it): its attention does not build a "
                     "block-diagonal mask from position_ids. Set data.packing=false."
                 )
+
+    # ----- answers generated and scored (instruction and chat data) ------------------------------
+    example_metric = "answer_f1"
+
+    def configure_metrics(self, stage: str) -> nn.ModuleDict:
+        metrics = super().configure_metrics(stage)
+        if stage != "train":
+            metrics["answers"] = GeneratedTexts()
+        return metrics
+
+    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+        super().update_metrics(metrics, outputs, batch)
+        spans = batch.get("answer_span")
+        if spans is None or self.trainer.sanity_checking:
+            return
+        gathered: GeneratedTexts = metrics["answers"]
+        cap = self.max_generate_samples if metrics is not self.test_metrics else None
+        # Validation scores the first `cap` examples of its split (by row, whatever order the
+        # length-grouped batches come in): the same ones every epoch.
+        rows = [
+            i
+            for i, ((start, end), row) in enumerate(
+                zip(spans.tolist(), batch["row"].tolist(), strict=True)
+            )
+            if 0 < start < end and (cap is None or row < cap)
+        ]
+        if rows:
+            gathered.update(*self.generate_answers(batch["input_ids"], spans, rows))
+
+    @torch.inference_mode()
+    def generate_answers(
+        self, input_ids: torch.Tensor, spans: torch.Tensor, rows: list[int]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """(prompts, generated answers, reference answers) of the batch rows `rows`: each
+        answer generated greedily from the tokens before its span, until the end-of-turn
+        token or `answer_max_new_tokens`."""
+        from lmforge.positions import usable_positions
+        from lmforge.tasks.language_modeling.predict import continue_prompts
+
+        tokenizer = self.tokenizer_object()
+        # Prompt and answer fit the model's positions together, as in training: the answer
+        # may run as long as the room left after the longest prompt (prompts longer than the
+        # model can take keep their end).
+        positions = usable_positions(self.model.config.to_dict())
+        keep = positions - 1 if positions else input_ids.shape[1]
+        prompts, references = [], []
+        for row in rows:
+            start, end = spans[row].tolist()
+            prompts.append(input_ids[row, :start].tolist()[-keep:])
+            references.append(input_ids[row, start:end].tolist())
+        longest = max(len(p) for p in prompts)
+        new_tokens = min(self.answer_max_new_tokens, positions - longest if positions else 10**9)
+        # Generation stops at EOS and at the special tokens that end answers in the data (a
+        # chat template's end-of-turn token).
+        special = set(tokenizer.all_special_ids)
+        stops = {t for reference in references for t in reference if t in special}
+        eos = self.model.generation_config.eos_token_id
+        stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        generated = continue_prompts(
+            self.model,
+            prompts,
+            tokenizer.pad_token_id,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(stops) or None,
+        )
+
+        def text(ids: list[int]) -> str:
+            return cast(str, tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+        return (
+            [text(p) for p in prompts],
+            [text(g) for g in generated],
+            [text(r) for r in references],
+        )
+
+    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+        values = super().compute_metrics(metrics)
+        if "answers" not in metrics or not len(metrics["answers"]):
+            return values
+        gathered: GeneratedTexts = metrics["answers"]
+        scores = answer_scores(gathered.predictions, gathered.references)
+        values["answer_exact_match"] = torch.tensor(scores["exact_match"])
+        values["answer_f1"] = torch.tensor(scores["f1"])
+        if metrics is self.test_metrics:
+            self.last_test_records = [
+                {
+                    "prompt": prompt,
+                    "reference": reference,
+                    "generated": generated,
+                    "exact_match": exact_match(generated, reference),
+                    "score": round(100 * token_f1(generated, reference), 2),
+                }
+                for prompt, generated, reference in zip(
+                    gathered.sources, gathered.predictions, gathered.references, strict=True
+                )
+            ]
+        gathered.reset()
+        return values
+
+    def test_records(self) -> list[dict[str, Any]] | None:
+        return self.last_test_records
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Continue each prompt with the model's generation settings."""

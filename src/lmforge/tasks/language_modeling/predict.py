@@ -31,6 +31,39 @@ def decode_generation(
     return {"text": full, "continuation": tail.strip()}
 
 
+def prompt_room(model: Any, max_length: int, max_new_tokens: int) -> int:
+    """How many prompt tokens fit: `max_length`, less where the model's positions must also
+    hold `max_new_tokens` generated ones (longer prompts keep their end)."""
+    room = max_length
+    positions = usable_positions(model.config.to_dict())
+    if positions:
+        room = min(room, positions - max_new_tokens)
+    if room < 1:
+        raise LmforgeError(
+            f"generate.max_new_tokens={max_new_tokens} leaves no room for the prompt "
+            f"in the model's {positions} positions."
+        )
+    return room
+
+
+def continue_prompts(
+    model: Any, prompts: list[list[int]], pad_token_id: int | None, **generate: Any
+) -> list[list[int]]:
+    """The new tokens `model.generate` adds to each prompt (`num_return_sequences` per prompt,
+    in order), the prompts left-padded into one batch so each ends where generation starts."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pad = pad_token_id if pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
+    )
+    output = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad, **generate
+    )  # (batch * num_return_sequences, width + new)
+    return cast(list[list[int]], output[:, width:].tolist())
+
+
 class CausalLMPredictor(Predictor):
     """Per prompt: `generate.num_return_sequences` generations, each the decoded prompt +
     continuation and the continuation alone. Prompts longer than the model can take keep
@@ -75,49 +108,30 @@ class CausalLMPredictor(Predictor):
     def predict(self, batch: list[InputText]) -> list[dict[str, Any]]:
         options = self.options.generate
         max_new = options.max_new_tokens or DEFAULT_NEW_TOKENS
-        tokenizer = self.tokenizer
-        room = self.max_length
-        positions = usable_positions(self.model.config.to_dict())
-        if positions:
-            room = min(room, positions - max_new)
-        if room < 1:
-            raise LmforgeError(
-                f"generate.max_new_tokens={max_new} leaves no room for the prompt "
-                f"in the model's {positions} positions."
-            )
+        room = prompt_room(self.model, self.max_length, max_new)
         prompts = [self.prompt_ids(str(item.text), item.where)[-room:] for item in batch]
         for item, prompt in zip(batch, prompts, strict=True):
             if not prompt:
                 raise LmforgeError(f"{item.where} gives no tokens to continue: {item.text!r}.")
-        # Left padding: every prompt ends where generation starts.
-        width = max(len(p) for p in prompts)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor(
-            [[pad] * (width - len(p)) + p for p in prompts], device=self.device
-        )
-        attention_mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
         sampling = (
             {"temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p}
             if options.do_sample
             else {}
         )
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+        new_tokens = continue_prompts(
+            self.model,
+            prompts,
+            self.tokenizer.pad_token_id,
             max_new_tokens=max_new,
             do_sample=options.do_sample,
             num_return_sequences=options.num_return_sequences,
-            pad_token_id=pad,
             **sampling,
-        )  # (batch * num_return_sequences, width + new)
-        new_tokens = output[:, width:].tolist()
+        )
         records = []
         count = options.num_return_sequences
         for index, (item, prompt) in enumerate(zip(batch, prompts, strict=True)):
             generations = [
-                decode_generation(tokenizer, prompt, new)
+                decode_generation(self.tokenizer, prompt, new)
                 for new in new_tokens[index * count : (index + 1) * count]
             ]
             records.append({"text": str(item.text), "generations": generations})

@@ -215,11 +215,6 @@ class PreferenceDataModule(InstructionDataModule):
             )
         return out
 
-    def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
-        dataset = super().after_tokenize(split, dataset)
-        # Indexes the reference log-probabilities of the split's pairs.
-        return dataset.add_column("row", list(range(len(dataset))))
-
     def encode_example(self, messages: Any) -> Any:
         """The chosen side of a pair (what lmforge-check's show_labels prints)."""
         from lmforge.tasks.language_modeling.chat import assistant_spans

@@ -1,44 +1,14 @@
-"""Exact match and F1 of extracted answers, with SQuAD's answer normalisation, and the tuning
-of the no-answer threshold on validation.
-
-Written here rather than taken from `evaluate` because `evaluate.load("squad")` fetches the
-metric's code from the hub at run time; the rules follow the official SQuAD v1.1/v2.0
-evaluation scripts (lower case, punctuation and the articles a/an/the removed, whitespace
-collapsed; F1 over the bag of remaining tokens; the best score over the gold answers; an
-unanswerable question has the single gold answer "").
+"""Exact match and F1 of extracted answers (SQuAD v1.1/v2.0's rules: the best score over the
+gold answers; an unanswerable question has the single gold answer ""), and the tuning of the
+no-answer threshold on validation. The answer normalisation and the per-answer scores are
+shared with other families' generated answers (`lmforge.evaluation.answers`).
 """
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, no punctuation, no articles, single spaces (SQuAD's normalisation)."""
-    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """F1 of the normalised tokens; when either side is empty, 1 if both are, else 0."""
-    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not expected:
-        return float(predicted == expected)
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
+from lmforge.evaluation.answers import exact_match, normalize_answer, token_f1
 
 
 def best_over_golds(prediction: str, golds: Sequence[str]) -> tuple[float, float]:

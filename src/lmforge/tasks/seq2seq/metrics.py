@@ -1,8 +1,9 @@
 """Generated-text metrics: ROUGE (the `rouge-score` package) and sacreBLEU / chrF (`sacrebleu`).
 
 Both are computed over a whole split, so the generated and reference texts of the split are
-gathered first (`GeneratedTexts`) and scored once at the end of the epoch. Nothing is fetched
-at run time: `evaluate.load` would download metric code, so the packages are called directly.
+gathered first (`lmforge.evaluation.answers.GeneratedTexts`) and scored once at the end of the
+epoch. Nothing is fetched at run time: `evaluate.load` would download metric code, so the
+packages are called directly.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import functools
 import logging
 import re
 from typing import Any
-
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +76,3 @@ def sentence_chrf(prediction: str, reference: str) -> float:
     from sacrebleu import CHRF
 
     return float(CHRF().sentence_score(prediction, [reference]).score)
-
-
-class GeneratedTexts(nn.Module):
-    """The generated and reference texts of one split, gathered batch by batch (a module, so a
-    stage's metric set can hold it; it has no weights)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: list[str] = []
-        self.predictions: list[str] = []
-        self.references: list[str] = []
-
-    def update(self, sources: list[str], predictions: list[str], references: list[str]) -> None:
-        self.sources.extend(sources)
-        self.predictions.extend(predictions)
-        self.references.extend(references)
-
-    def reset(self) -> None:
-        self.sources, self.predictions, self.references = [], [], []
-
-    def __len__(self) -> int:
-        return len(self.predictions)

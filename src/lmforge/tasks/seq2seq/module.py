@@ -24,9 +24,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.answers import GeneratedTexts
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.seq2seq.metrics import (
-    GeneratedTexts,
     bleu_scores,
     rouge_scores,
     sentence_chrf,
