@@ -6,6 +6,7 @@ Everything runs on CPU, offline, inside pytest's tmp dirs.
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import random
 from pathlib import Path
@@ -139,6 +140,19 @@ def make_cfg(tmp_path, tiny_model, tiny_data):
         return cfg
 
     return _make
+
+
+@pytest.fixture
+def run_predict(make_cfg):
+    """Predict with overrides of conf/predict.yaml (each call gets its own run directory)."""
+    calls = itertools.count()
+
+    def _run(*overrides: str) -> Path:
+        from lmforge.predict import predict
+
+        return predict(make_cfg(*overrides, config_name="predict", run=f"p{next(calls)}"))
+
+    return _run
 
 
 @pytest.fixture(autouse=True)

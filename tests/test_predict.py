@@ -4,7 +4,6 @@ output formats, the sliding window of long NER inputs, and the errors a user can
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -15,7 +14,6 @@ from omegaconf import OmegaConf, open_dict
 
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.errors import LmforgeError
-from lmforge.predict import predict
 from lmforge.runs import load_task_module
 from lmforge.tasks.token_classification.predict import best_window_positions
 from lmforge.train import train
@@ -83,17 +81,6 @@ def masked_lm(tmp_path_factory, tiny_model, tiny_data, tiny_text) -> Path:
         "data.block_size=32",
         "data.max_train_samples=null",
     )
-
-
-@pytest.fixture
-def run_predict(make_cfg):
-    """Predict with overrides of conf/predict.yaml (each call gets its own run directory)."""
-    calls = itertools.count()
-
-    def _run(*overrides: str) -> Path:
-        return predict(make_cfg(*overrides, config_name="predict", run=f"p{next(calls)}"))
-
-    return _run
 
 
 def read_records(path: Path) -> list[dict]:

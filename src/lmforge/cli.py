@@ -121,6 +121,16 @@ def run_prediction(cfg: DictConfig) -> None:
         predict(cfg)
 
 
+def run_server(cfg: DictConfig) -> None:
+    """The body of `lmforge-serve`."""
+    with user_errors():
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from lmforge.serve import serve
+
+        _route_library_logs()
+        serve(cfg)
+
+
 def run_export(cfg: DictConfig) -> None:
     """The body of `lmforge-export`."""
     with user_errors():
@@ -162,6 +172,12 @@ def predict_main() -> None:
     hydra.main(config_path=str(config_dir()), config_name="predict", version_base="1.3")(
         run_prediction
     )()
+
+
+def serve_main() -> None:
+    """`lmforge-serve`: see conf/serve.yaml."""
+    check_arguments("serve")
+    hydra.main(config_path=str(config_dir()), config_name="serve", version_base="1.3")(run_server)()
 
 
 def export_main() -> None:

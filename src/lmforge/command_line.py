@@ -38,7 +38,7 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 SHOW_CONFIG_FLAGS = {"--cfg", "-c"}
 # The commands whose run needs a checkpoint (`ckpt_path`).
-CHECKPOINT_COMMANDS = {"eval", "export", "predict"}
+CHECKPOINT_COMMANDS = {"eval", "export", "predict", "serve"}
 
 
 def check_command_line(config_name: str, argv: list[str]) -> None:

@@ -88,6 +88,7 @@ COMMAND_CONFIGS = {
     "lmforge-eval": "eval",
     "lmforge-predict": "predict",
     "lmforge-export": "export",
+    "lmforge-serve": "serve",
     "lmforge-check": "train",
 }
 # Command-line flags of Hydra and their values: not overrides.

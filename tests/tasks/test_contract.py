@@ -145,6 +145,10 @@ def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, 
 
     from_checkpoint = predicted(f"ckpt_path={checkpoint}", run="predict")
     assert len(from_checkpoint) == len(family.example_inputs)
+    served = served_records(checkpoint, family.example_inputs)
+    assert json.dumps(served, sort_keys=True) == json.dumps(from_checkpoint, sort_keys=True) or (
+        _close(served, from_checkpoint)
+    )
     cfg = compose_config([f"ckpt_path={checkpoint}"], config_name="export")
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "export")
@@ -157,6 +161,20 @@ def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, 
     assert json.dumps(from_folder, sort_keys=True) == json.dumps(
         from_checkpoint, sort_keys=True
     ) or (_close(from_folder, from_checkpoint))
+
+
+def served_records(checkpoint: Path, examples: tuple) -> list[dict]:
+    """What lmforge-serve answers for the examples, each sent as a request and all batched
+    together, through the server's API as LitServe's batched loop calls it (no HTTP)."""
+    from lmforge.serve import Limits, worker_options
+    from lmforge.serve_api import ModelAPI
+
+    cfg = compose_config([f"ckpt_path={checkpoint}", "seed=0"], config_name="serve")
+    api = ModelAPI(worker_options(cfg), Limits(8, 10_000), max_batch_size=8, batch_timeout=0)
+    api.setup("cpu")
+    requests = [api.decode_request({"inputs": example}) for example in examples]
+    answers = api.unbatch(api.predict(api.batch(requests)))
+    return [json.loads(api.encode_response(answer).body)["prediction"] for answer in answers]
 
 
 def typed(example: str | dict[str, str]) -> str:

@@ -1,0 +1,199 @@
+"""lmforge-serve under load: requests/s and latency, with and without batching, against a plain
+one-request-at-a-time loop over the same model.
+
+The model is a text classifier on the embedded MiniLM (its head fresh: serving speed does not
+depend on training), saved as a Hugging Face folder, or any `--model-dir` / `--ckpt`. Each
+request carries one real package description from the shipped data. For each server setting
+the script starts `lmforge-serve` on a free loopback port, and for 1, 8 and 32 concurrent
+clients (threads, one HTTP connection each) sends `--requests-per-client` requests per client,
+timing each one. The loop is the same predictor called in this process for one text at a
+time, without HTTP: the cost of serving one request at a time with no server at all.
+
+    python benchmarks/serve.py
+    python benchmarks/serve.py --clients 1 8 32 --requests-per-client 20 --max-batch-size 32
+    python benchmarks/serve.py --ckpt outputs/train/runs/<time>/checkpoints/best.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx
+
+from lmforge.config.resources import embedded_model_path, shipped_data
+
+
+def texts(count: int) -> list[str]:
+    with open(shipped_data("debian_packages/train.csv"), encoding="utf-8", newline="") as f:
+        rows = [row["text"] for row in csv.DictReader(f)]
+    return [rows[i % len(rows)] for i in range(count)]
+
+
+def embedded_classifier(folder: Path) -> Path:
+    """The embedded MiniLM with a fresh 5-label classification head, as an HF folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(embedded_model_path(), num_labels=5)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(source: list[str], settings: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "lmforge-serve"),
+        *source,
+        f"serve.port={port}",
+        f"hydra.run.dir={log.parent / log.stem}",
+        *settings,
+    ]
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"lmforge-serve exited; see {log}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"lmforge-serve did not get healthy; see {log}")
+
+
+def load(url: str, clients: int, per_client: int, inputs: list[str]) -> dict[str, float]:
+    """`clients` threads, each sending `per_client` requests in turn; seconds per request."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    failures = []
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=120) as session:
+            for k in range(per_client):
+                text = inputs[(index * per_client + k) % len(inputs)]
+                started = time.perf_counter()
+                response = session.post(f"{url}/predict", json={"inputs": text})
+                took = time.perf_counter() - started
+                if response.status_code != 200:
+                    failures.append(response.text)
+                with lock:
+                    latencies.append(took)
+
+    # A few requests first: the worker's first forward passes are slower.
+    with httpx.Client(timeout=120) as session:
+        for text in inputs[:5]:
+            session.post(f"{url}/predict", json={"inputs": text})
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} request(s) failed, e.g. {failures[0]}")
+    ordered = sorted(latencies)
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p95_ms": 1000 * ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+    }
+
+
+def plain_loop(source: list[str], inputs: list[str]) -> float:
+    """Requests/s of the model's predictor called for one text at a time, in this process."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from lmforge.config.resources import config_dir
+    from lmforge.predict import load_predictor
+    from lmforge.tasks.predictor import InputText
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(config_name="serve", overrides=source)
+    predictor, _ = load_predictor(cfg, torch.device("cpu"))
+    for text in inputs[:5]:
+        predictor.predict([InputText(text)])
+    started = time.perf_counter()
+    for text in inputs:
+        predictor.predict([InputText(text)])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="an exported HF folder (default: the embedded MiniLM)")
+    parser.add_argument("--ckpt", help="an lmforge checkpoint instead")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests-per-client", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout", type=float, default=0.01)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lmforge-serve-bench-"))
+    if args.ckpt:
+        source = [f"ckpt_path={args.ckpt}"]
+    else:
+        folder = Path(args.model_dir) if args.model_dir else embedded_classifier(work / "model")
+        source = [f"model_dir={folder}"]
+    inputs = texts(max(args.clients) * args.requests_per_client)
+    loop = plain_loop(source, inputs[:200])
+    print(f"plain loop, one request at a time, no HTTP: {loop:.1f} requests/s")
+    settings = {
+        "batching": [
+            "serve.batching=true",
+            f"serve.max_batch_size={args.max_batch_size}",
+            f"serve.batch_timeout={args.batch_timeout}",
+        ],
+        "no batching": ["serve.batching=false"],
+    }
+    rows = []
+    for name, options in settings.items():
+        process, url = start_server(source, options, work / f"{name.replace(' ', '_')}.log")
+        try:
+            for clients in args.clients:
+                figures = load(url, clients, args.requests_per_client, inputs)
+                rows.append((name, clients, figures))
+                print(
+                    f"{name:12s} {clients:3d} clients: {figures['requests_per_s']:7.1f} req/s  "
+                    f"p50 {figures['p50_ms']:7.1f} ms  p95 {figures['p95_ms']:7.1f} ms  "
+                    f"({figures['requests_per_s'] / loop:.2f}x the loop)",
+                    flush=True,
+                )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    print()
+    print("| server | clients | requests/s | p50 ms | p95 ms | x plain loop |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, clients, f in rows:
+        print(
+            f"| {name} | {clients} | {f['requests_per_s']:.1f} | {f['p50_ms']:.1f} | "
+            f"{f['p95_ms']:.1f} | {f['requests_per_s'] / loop:.2f} |"
+        )
+    print(f"| plain loop (in process, no HTTP) | 1 | {loop:.1f} | | | 1.00 |")
+
+
+if __name__ == "__main__":
+    main()
