@@ -2,8 +2,11 @@
 one-request-at-a-time loop over the same model.
 
 The model is a text classifier on the embedded MiniLM (its head fresh: serving speed does not
-depend on training), saved as a Hugging Face folder, or any `--model-dir` / `--ckpt`. Each
-request carries one real package description from the shipped data. For each server setting
+depend on training), saved as a Hugging Face folder with the default experiment's
+max_length of 128 tokens, or any `--model-dir` / `--ckpt`. Each request carries one real text
+from the shipped data: a package description (`--inputs descriptions`, 115 tokens on average,
+many cut at 128) or a package synopsis (`--inputs synopses`, 12 tokens on average, like titles
+or queries). For each inputs kind and server setting
 the script starts `lmforge-serve` on a free loopback port, and for 1, 8 and 32 concurrent
 clients (threads, one HTTP connection each) sends `--requests-per-client` requests per client,
 timing each one. The loop is the same predictor called in this process for one text at a
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import socket
 import statistics
@@ -36,9 +40,14 @@ import httpx
 from lmforge.config.resources import embedded_model_path, shipped_data
 
 
-def texts(count: int) -> list[str]:
-    with open(shipped_data("debian_packages/train.csv"), encoding="utf-8", newline="") as f:
-        rows = [row["text"] for row in csv.DictReader(f)]
+def texts(kind: str, count: int) -> list[str]:
+    if kind == "descriptions":
+        with open(shipped_data("debian_packages/train.csv"), encoding="utf-8", newline="") as f:
+            rows = [row["text"] for row in csv.DictReader(f)]
+    else:  # the first answer of each shipped chat: the package's synopsis
+        with open(shipped_data("debian_chat/train.jsonl"), encoding="utf-8") as f:
+            chats = [json.loads(line)["messages"] for line in f]
+        rows = [next(m["content"] for m in chat if m["role"] == "assistant") for chat in chats]
     return [rows[i % len(rows)] for i in range(count)]
 
 
@@ -49,6 +58,8 @@ def embedded_classifier(folder: Path) -> Path:
     model = AutoModelForSequenceClassification.from_pretrained(embedded_model_path(), num_labels=5)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(folder)
+    settings = {"task": "text_classification", "max_length": 128}
+    (folder / "lmforge.json").write_text(json.dumps(settings))
     return folder
 
 
@@ -150,6 +161,12 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout", type=float, default=0.01)
+    parser.add_argument(
+        "--inputs",
+        nargs="+",
+        choices=["descriptions", "synopses"],
+        default=["descriptions", "synopses"],
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmforge-serve-bench-"))
     if args.ckpt:
@@ -157,9 +174,6 @@ def main() -> None:
     else:
         folder = Path(args.model_dir) if args.model_dir else embedded_classifier(work / "model")
         source = [f"model_dir={folder}"]
-    inputs = texts(max(args.clients) * args.requests_per_client)
-    loop = plain_loop(source, inputs[:200])
-    print(f"plain loop, one request at a time, no HTTP: {loop:.1f} requests/s")
     settings = {
         "batching": [
             "serve.batching=true",
@@ -169,30 +183,37 @@ def main() -> None:
         "no batching": ["serve.batching=false"],
     }
     rows = []
-    for name, options in settings.items():
-        process, url = start_server(source, options, work / f"{name.replace(' ', '_')}.log")
-        try:
-            for clients in args.clients:
-                figures = load(url, clients, args.requests_per_client, inputs)
-                rows.append((name, clients, figures))
-                print(
-                    f"{name:12s} {clients:3d} clients: {figures['requests_per_s']:7.1f} req/s  "
-                    f"p50 {figures['p50_ms']:7.1f} ms  p95 {figures['p95_ms']:7.1f} ms  "
-                    f"({figures['requests_per_s'] / loop:.2f}x the loop)",
-                    flush=True,
-                )
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    for kind in args.inputs:
+        inputs = texts(kind, max(args.clients) * args.requests_per_client)
+        loop = plain_loop(source, inputs[:200])
+        rows.append((kind, "plain loop (in process, no HTTP)", 1, {"requests_per_s": loop}, loop))
+        print(f"{kind}: plain loop, one request at a time, no HTTP: {loop:.1f} requests/s")
+        for name, options in settings.items():
+            log = work / f"{kind}_{name.replace(' ', '_')}.log"
+            process, url = start_server(source, options, log)
+            try:
+                for clients in args.clients:
+                    figures = load(url, clients, args.requests_per_client, inputs)
+                    rows.append((kind, name, clients, figures, loop))
+                    print(
+                        f"{kind} {name:12s} {clients:3d} clients: "
+                        f"{figures['requests_per_s']:7.1f} req/s  p50 {figures['p50_ms']:7.1f} ms"
+                        f"  p95 {figures['p95_ms']:7.1f} ms  "
+                        f"({figures['requests_per_s'] / loop:.2f}x the loop)",
+                        flush=True,
+                    )
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
     print()
-    print("| server | clients | requests/s | p50 ms | p95 ms | x plain loop |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, clients, f in rows:
+    print("| inputs | server | clients | requests/s | p50 ms | p95 ms | x plain loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for kind, name, clients, f, loop in rows:
+        latency = f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f}" if "p50_ms" in f else " | "
         print(
-            f"| {name} | {clients} | {f['requests_per_s']:.1f} | {f['p50_ms']:.1f} | "
-            f"{f['p95_ms']:.1f} | {f['requests_per_s'] / loop:.2f} |"
+            f"| {kind} | {name} | {clients} | {f['requests_per_s']:.1f} | {latency} | "
+            f"{f['requests_per_s'] / loop:.2f} |"
         )
-    print(f"| plain loop (in process, no HTTP) | 1 | {loop:.1f} | | | 1.00 |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ directory, so `CSVLogger` keeps the file and merges headers.
 
 `WandbLogger` also publishes what a finished run knows beyond its metric curves (the
 before/after table, the confusion matrix, sample predictions): `publish_run_results`.
+`MLFlowLogger` does the same for an MLflow tracking store: the run's record files as
+artifacts, a resumed run continuing its MLflow run, the jobs of a sweep sharing a tag.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, cast
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
@@ -120,6 +123,103 @@ class WandbLogger(LightningWandbLogger):
             run.finish()
 
 
+# The files of a finished run directory an MLflow run keeps as artifacts (those present).
+RUN_ARTIFACTS = (
+    "metrics.json",
+    "comparison.md",
+    "config.yaml",
+    PREDICTIONS_FILE,
+    "learning_curves.png",
+)
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """Lightning's MLFlowLogger with lmforge's run record, on any tracking store (a local
+    SQLite file by default).
+
+    Metrics keep the keys of the other loggers, the resolved config is logged as params, and
+    at the end of the run `publish_results` adds the run directory's record files
+    (`RUN_ARTIFACTS` and every plot) as artifacts and the run-level figures as metrics. The
+    lmforge run id is a tag, so a resumed run (`resume=<run dir>`) continues its MLflow run
+    instead of starting another; the jobs of a `-m` sweep share the `sweep` tag.
+
+    Args:
+        lmforge_run_id: the run's id (its directory), kept as the `lmforge.run_id` tag.
+        sweep: the sweep's name for the jobs of a sweep (the `sweep` tag), None otherwise.
+        tags: lmforge's free-form tags, kept as tags with empty values.
+        **kwargs: Lightning's MLFlowLogger arguments (`experiment_name`, `tracking_uri`, ...).
+    """
+
+    def __init__(
+        self,
+        lmforge_run_id: str,
+        sweep: str | None = None,
+        tags: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        uri = str(kwargs.get("tracking_uri") or "")
+        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        location = kwargs.get("artifact_location")
+        if location and "://" not in str(location):  # a folder: absolute, wherever lmforge runs
+            kwargs["artifact_location"] = Path(str(location)).expanduser().resolve().as_uri()
+        run_tags = {str(tag): "" for tag in tags or ()}
+        run_tags["lmforge.run_id"] = lmforge_run_id
+        if sweep:
+            run_tags["sweep"] = sweep
+        super().__init__(tags=run_tags, **kwargs)
+        self.lmforge_run_id = lmforge_run_id
+
+    @property
+    def experiment(self) -> Any:
+        """The MLflow client, with this run's MLflow run found (a resumed run) or created."""
+        # `rank` is set on the decorator function at import; its stub does not declare it.
+        if not self._initialized and self._run_id is None and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+            self._run_id = self._earlier_run()
+        return super().experiment
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        """The config as params; a continued run keeps the values it first logged (MLflow
+        refuses to change a param, and a resumed run's config differs in `resume` only)."""
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        flat = _flatten_dict(_convert_params(params))
+        logged = self.experiment.get_run(self.run_id).data.params
+        super().log_hyperparams({k: v for k, v in flat.items() if k not in logged})
+
+    def _earlier_run(self) -> str | None:
+        """The id of the MLflow run this lmforge run logged to before it was stopped, if any."""
+        found = self._mlflow_client.get_experiment_by_name(self._experiment_name)
+        if found is None or found.lifecycle_stage == "deleted":
+            return None
+        runs = self._mlflow_client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`lmforge.run_id` = '{self.lmforge_run_id}'",
+            max_results=1,
+        )
+        if not runs:
+            return None
+        run_id = str(runs[0].info.run_id)
+        self._mlflow_client.update_run(run_id, status="RUNNING")
+        log.info("Continuing MLflow run %s of %s.", run_id, self.lmforge_run_id)
+        return run_id
+
+    def publish_results(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+        """Log the run's record files as artifacts and its run-level figures as metrics."""
+        client, run_id = self.experiment, self.run_id
+        figures = run_figures(metrics)
+        if figures:
+            self.log_metrics({k: float(v) for k, v in figures.items()})
+        folder = Path(run_dir)
+        files = [folder / name for name in RUN_ARTIFACTS] + sorted(folder.glob("*.png"))
+        for path in dict.fromkeys(files):
+            if path.is_file():
+                client.log_artifact(run_id, str(path))
+
+
 def comparison_table(comparison: dict[str, Any]) -> Any:
     """The before/after table (metrics.json: comparison) as a `wandb.Table`: one row per
     metric with before, after, change, change %, and each scored baseline's value."""
@@ -216,6 +316,7 @@ def publish_run_results(loggers: Iterable[Logger], run_dir: Path, metrics: dict[
 __all__ = [
     "AppendingExperimentWriter",
     "CSVLogger",
+    "MLFlowLogger",
     "WandbLogger",
     "publish_run_results",
 ]

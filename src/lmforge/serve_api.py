@@ -127,10 +127,19 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
         return answers
 
     def records(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """One record per input, in order, predicted in forward passes of `batch_size` inputs
+        of similar length (so short inputs are not padded to a long one's length)."""
         size = int(self.options["batch_size"])
-        out: list[dict[str, Any]] = []
-        for start in range(0, len(inputs), size):
-            out.extend(self.predictor.predict(inputs[start : start + size]))
+        order = sorted(
+            range(len(inputs)), key=lambda i: len(inputs[i].text) + len(inputs[i].text_pair or "")
+        )
+        out: list[Any] = [None] * len(inputs)
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for index, record in zip(
+                chunk, self.predictor.predict([inputs[i] for i in chunk]), strict=True
+            ):
+                out[index] = record
         return out
 
     def unbatch(self, output: list[Any]) -> list[Any]:

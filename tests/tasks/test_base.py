@@ -125,3 +125,35 @@ def test_layer_wise_lr_decay_gives_each_depth_its_lr(tiny_model):
     }
     assert id(bert.encoder.layer[1].output.dense.bias) in no_decay
     assert len(lr_of) == len(list(m.parameters()))
+
+
+@pytest.mark.parametrize("finetune", [None, "lora"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model, finetune):
+    from lmforge.strategies import Lora
+
+    batch = {
+        "input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]),
+        "labels": torch.tensor([1, 0]),
+    }
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        strategy = Lora(r=4, dropout=0.0) if finetune else None
+        model = module(
+            tiny_model, ["a", "b"], finetune=strategy, gradient_checkpointing=checkpointing
+        )
+        # No dropout: both passes compute the same function.
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.0
+        assert bool(getattr(model.model, "is_gradient_checkpointing", False)) is checkpointing
+        loss, _ = model.forward_loss(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (plain_loss, plain_grads), (checked_loss, checked_grads) = results
+    torch.testing.assert_close(checked_loss, plain_loss)
+    assert plain_grads.keys() == checked_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checked_grads[name], grad, rtol=1e-4, atol=1e-6)

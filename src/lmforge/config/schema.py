@@ -57,6 +57,7 @@ class ModelSchema(Section):
     pretrained: str | None = ABSENT
     tokenizer: str | None = ABSENT
     init_from: str | None = ABSENT
+    gradient_checkpointing: bool = ABSENT
 
 
 class OptimizerSchema(Section):

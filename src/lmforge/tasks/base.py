@@ -47,6 +47,8 @@ class TaskModule(pl.LightningModule):
         finetune: the strategy choosing which weights train (default: all).
         init_from: an lmforge checkpoint whose weights replace the loaded ones where names and
             shapes match (continued fine-tuning; no optimizer or trainer state is taken).
+        gradient_checkpointing: recompute activations in the backward pass (Hugging Face's
+            gradient checkpointing, non-reentrant) to save activation memory.
 
     A distillation teacher is attached after construction (`lmforge.distillation`), by the
     training recipe; checkpoints never hold it.
@@ -72,6 +74,7 @@ class TaskModule(pl.LightningModule):
         hf_config: dict[str, Any] | None = None,
         finetune: FinetuneStrategy | None = None,
         init_from: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -86,6 +89,8 @@ class TaskModule(pl.LightningModule):
         self.model: PreTrainedModel = self.build_model()
         if init_from and hf_config is None:
             self._load_weights_from(init_from)
+        if gradient_checkpointing:
+            self._checkpoint_activations()
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
         self.finetune = finetune or Full()
@@ -103,6 +108,19 @@ class TaskModule(pl.LightningModule):
         self.train_metrics = self.configure_metrics("train")
         self.val_metrics = self.configure_metrics("val")
         self.test_metrics = self.configure_metrics("test")
+
+    def _checkpoint_activations(self) -> None:
+        """Turn on the model's gradient checkpointing (non-reentrant: it needs no input that
+        requires grad, so it works under frozen embeddings and PEFT adapters too)."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise LmforgeError(
+                f"model.gradient_checkpointing=true, but the {self.model.config.model_type} model "
+                f"({type(self.model).__name__}) does not support gradient checkpointing in "
+                "transformers; set it to false."
+            )
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
 
     @property
     def family(self) -> TaskFamily:
