@@ -77,20 +77,24 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) with the embedded WordPiece tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), hidden_size=32)
+
+
+def save_tiny_bert(root: Path, hidden_size: int) -> Path:
+    """A randomly initialised 2-layer BERT of the given width (seeded) and the embedded
+    WordPiece tokenizer, saved in `root`."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    root = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=128,
     )
-    import torch
-
     torch.manual_seed(0)
     BertModel(config).save_pretrained(root)
     tokenizer.save_pretrained(root)

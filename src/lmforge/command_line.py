@@ -24,7 +24,11 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from lmforge.config.resources import config_dir
 from lmforge.errors import LmforgeError
-from lmforge.runtime.rundir import check_resumable, check_run_dir_is_free
+from lmforge.runtime.rundir import (
+    check_resumable,
+    check_run_dir_is_free,
+    is_deepspeed_checkpoint,
+)
 from lmforge.validation import group_options, process_rank
 
 # Hydra flags after which no job runs, or that load configs from elsewhere: Hydra handles them.
@@ -251,6 +255,8 @@ def _check_checkpoint_argument(cfg: DictConfig) -> None:
     if not path:
         return  # predict may take model_dir instead; it checks the pair itself
     file = Path(str(path)).expanduser()
+    if is_deepspeed_checkpoint(file):
+        return  # gathered into one file when it is read
     if file.is_dir():
         raise LmforgeError(
             f"ckpt_path={str(path)!r} is a directory; expected a checkpoint file such as "

@@ -71,6 +71,11 @@ class FinetuneStrategy:
         """The constructor arguments, so a checkpoint can rebuild the strategy."""
         return {}
 
+    def load_options(self, config: Any, auto_class: Any) -> dict[str, Any]:
+        """Keyword arguments of the pretrained model's `from_pretrained` (a quantized load),
+        for a model of `config` built by `auto_class`."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options()}
 
@@ -292,6 +297,117 @@ class Lora(PeftStrategy):
         }
 
 
+QUANT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+class QLora(Lora):
+    """QLoRA: LoRA adapters over a base model loaded in 4 bits (bitsandbytes), so the frozen
+    weights take a quarter of their bfloat16 memory; the adapters and the head train in full
+    precision, and checkpoints hold only them (the base is loaded and quantized again from
+    `model.pretrained`).
+
+    Args (besides LoRA's):
+        quant_type: nf4 (NormalFloat, for normally distributed weights) or fp4.
+        double_quant: quantize the quantization constants too (about 0.4 bits per weight less).
+        compute_dtype: the dtype the 4-bit weights are dequantized to for each matmul.
+    """
+
+    name = "qlora"
+
+    def __init__(
+        self,
+        quant_type: str = "nf4",
+        double_quant: bool = True,
+        compute_dtype: str = "bfloat16",
+        **lora: Any,
+    ) -> None:
+        super().__init__(**lora)
+        self.name = "qlora"  # with use_dora too: the record must rebuild this class
+        if quant_type not in QUANT_TYPES:
+            raise LmforgeError(f"finetune.quant_type={quant_type!r}; expected nf4 or fp4.")
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise LmforgeError(
+                f"finetune.compute_dtype={compute_dtype!r}; expected one of "
+                f"{', '.join(COMPUTE_DTYPES)}."
+            )
+        self.quant_type, self.double_quant, self.compute_dtype = (
+            quant_type,
+            double_quant,
+            compute_dtype,
+        )
+
+    def load_options(self, config: Any, auto_class: Any) -> dict[str, Any]:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        quantization_problem(device)
+        # The task head stays in full precision (it trains); found on a weightless copy.
+        with torch.device("meta"):
+            skeleton = auto_class.from_config(config)
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.quant_type,
+                bnb_4bit_use_double_quant=self.double_quant,
+                bnb_4bit_compute_dtype=getattr(torch, self.compute_dtype),
+                llm_int8_skip_modules=self.head_exclusions(skeleton) or None,
+            ),
+            "device_map": {"": torch.cuda.current_device() if device == "cuda" else "cpu"},
+        }
+
+    def apply(self, model: PreTrainedModel, family: TaskFamily) -> nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise LmforgeError(
+                "finetune=qlora needs a pretrained model loaded in 4 bits (model.pretrained); "
+                "a model built from model.from_config or from a full checkpoint is not "
+                "quantized. Use finetune=lora for it."
+            )
+        # Layer norms and the head in float32, inputs that carry gradients to the adapters.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        for module in model.modules():
+            # bitsandbytes (0.50) repacks 4-bit weights for CPU inference at the first
+            # eval-mode forward on CPUs with AVX512-BF16, and never back: training after a
+            # validation pass then fails. Training runs alternate the two, so no repacking.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010
+        return super().apply(model, family)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            **super().options(),
+            "quant_type": self.quant_type,
+            "double_quant": self.double_quant,
+            "compute_dtype": self.compute_dtype,
+        }
+
+
+def quantization_problem(device: str) -> None:
+    """Refuse 4-bit loading where bitsandbytes is missing or cannot quantize on `device` (a
+    probe: quantizing a small matrix there)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LmforgeError(
+            "finetune=qlora loads the base model in 4 bits through bitsandbytes, which is not "
+            "installed: pip install 'lmforge[qlora]' (or pip install bitsandbytes)."
+        )
+    import bitsandbytes
+    import torch
+
+    try:
+        bitsandbytes.functional.quantize_4bit(torch.randn(64, 64, device=device), quant_type="nf4")
+    except Exception as err:
+        raise LmforgeError(
+            f"finetune=qlora: bitsandbytes {bitsandbytes.__version__} cannot quantize to 4 bits "
+            f"on this {device.upper()} ({type(err).__name__}: {str(err).strip()[:200]}). "
+            "Use a CUDA GPU or a bitsandbytes release with a CPU backend, or finetune=lora."
+        ) from err
+
+
 class IA3(PeftStrategy):
     """IA3: learned vectors that rescale keys, values and feed-forward activations.
 
@@ -369,6 +485,7 @@ STRATEGIES: dict[str, type[FinetuneStrategy]] = {
     "freeze": Freeze,
     "lora": Lora,
     "dora": Lora,
+    "qlora": QLora,
     "ia3": IA3,
     "prompt_tuning": PromptTuning,
     "prefix_tuning": PrefixTuning,

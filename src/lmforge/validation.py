@@ -60,6 +60,40 @@ def validate_training_config(cfg: DictConfig) -> None:
     """Raise one LmforgeError listing every impossible value of a training config."""
     check_config(cfg)
     check_model_fits(cfg)
+    check_machine(cfg)
+
+
+# Trainer strategies that run on CUDA GPUs only: class -> (the package they need, its extra).
+GPU_ONLY_STRATEGIES = {
+    "lightning.pytorch.strategies.DeepSpeedStrategy": ("deepspeed", "deepspeed"),
+}
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """Refuse a strategy this machine cannot run (no CUDA GPU, a package missing) before any
+    data or model is loaded."""
+    target = str(_select(cfg, "trainer.strategy._target_") or "")
+    needs = GPU_ONLY_STRATEGIES.get(target)
+    if needs is None:
+        return
+    import importlib.util
+
+    import torch
+
+    name = target.rsplit(".", 1)[-1]
+    package, extra = needs
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (this machine has none)")
+    if importlib.util.find_spec(package) is None:
+        missing.append(f"the {package} package (pip install 'lmforge[{extra}]')")
+    if missing:
+        raise LmforgeError(
+            f"trainer.strategy is {name} (trainer=deepspeed_zero2, deepspeed_zero3 or "
+            f"deepspeed_zero3_offload), which runs on CUDA GPUs only, and it needs "
+            f"{' and '.join(missing)}. On this machine use trainer=cpu, or trainer=ddp_sim to "
+            "try the distributed code path on two CPU processes."
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -110,7 +144,14 @@ def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
         )
     strategy = _select(cfg, "trainer.strategy")
     devices = _select(cfg, "trainer.devices")
-    if isinstance(strategy, DictConfig) and isinstance(devices, int) and devices < 2:
+    # DeepSpeed shards optimizer states even on one GPU (and offloads them to the CPU).
+    single_ok = str(_select(cfg, "trainer.strategy._target_") or "") in GPU_ONLY_STRATEGIES
+    if (
+        isinstance(strategy, DictConfig)
+        and isinstance(devices, int)
+        and devices < 2
+        and not single_ok
+    ):
         problems.append(
             f"trainer.strategy is {strategy.get('_target_', strategy)} (distributed: "
             f"trainer=ddp, ddp_sim, ddp_slurm or fsdp) but trainer.devices={devices}; use 2 or "

@@ -75,6 +75,9 @@ class SchedulerSchema(Section):
 
 
 class FinetuneSchema(Section):
+    quant_type: Literal["nf4", "fp4"] = ABSENT
+    double_quant: bool = ABSENT
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = ABSENT
     r: int = Field(ABSENT, gt=0)
     alpha: float = Field(ABSENT, gt=0)
     dropout: float = Field(ABSENT, ge=0, lt=1)

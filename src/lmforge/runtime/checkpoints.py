@@ -10,11 +10,37 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmforge.errors import LmforgeError
+from lmforge.runtime.rundir import is_deepspeed_checkpoint
+
+
+def consolidated(folder: Path) -> Path:
+    """A DeepSpeed checkpoint folder as one checkpoint file (`<folder>.fp32.ckpt` beside it):
+    its sharded ZeRO weights gathered with Lightning's `convert_zero_checkpoint_to_fp32_state_dict`
+    on first use, and reused while it is newer than the folder."""
+    target = folder.with_name(folder.name + ".fp32.ckpt")
+    if target.is_file() and target.stat().st_mtime >= (folder / "latest").stat().st_mtime:
+        return target
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise LmforgeError(
+            f"ckpt_path={str(folder)!r} is a DeepSpeed checkpoint folder; gathering its sharded "
+            "weights into one file needs the deepspeed package: pip install 'lmforge[deepspeed]'."
+        )
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    partial = target.with_name(target.name + ".partial")
+    convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(partial))
+    partial.replace(target)
+    return target
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file written by an lmforge run, with clear errors."""
+    """Read a checkpoint file written by an lmforge run (a DeepSpeed run's folder is gathered
+    into one file first), with clear errors."""
     file = Path(path).expanduser()
+    if is_deepspeed_checkpoint(file):
+        file = consolidated(file)
     if not file.is_file():
         raise LmforgeError(f"ckpt_path={str(path)!r}: no such checkpoint file.")
     try:

@@ -113,3 +113,9 @@ def prepare_resume(cfg: DictConfig, extra_overrides: list[str]) -> tuple[DictCon
     saved.resume = str(run_dir)
     log.info("Resuming %s from %s", run_dir, checkpoint)
     return saved, str(checkpoint)
+
+
+def is_deepspeed_checkpoint(path: Path) -> bool:
+    """Whether `path` is the folder a DeepSpeed run saves as its checkpoint (read as one file
+    through `lmforge.runtime.checkpoints.consolidated`)."""
+    return path.is_dir() and (path / "latest").is_file() and (path / "checkpoint").is_dir()

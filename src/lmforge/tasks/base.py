@@ -86,6 +86,7 @@ class TaskModule(pl.LightningModule):
         self.init_from = init_from
         # What the model starts from, for before/after records: set by load_pretrained.
         self.start: dict[str, Any] = {}
+        self.finetune = finetune or Full()
         self.model: PreTrainedModel = self.build_model()
         if init_from and hf_config is None:
             self._load_weights_from(init_from)
@@ -93,7 +94,6 @@ class TaskModule(pl.LightningModule):
             self._checkpoint_activations()
         # from_pretrained returns the model in eval mode; training needs dropout on.
         self.model.train()
-        self.finetune = finetune or Full()
         # A PEFT wrapper stands in for the Hugging Face model (it forwards its attributes).
         self.model = cast(PreTrainedModel, self.finetune.apply(self.model, self.family))
         # A PEFT checkpoint holds adapters and head only; the frozen base comes from `pretrained`.
@@ -223,8 +223,12 @@ class TaskModule(pl.LightningModule):
                     f"{key!r}."
                 )
             setattr(config, key, value)
+        # A quantized load (finetune=qlora) refuses here where it cannot run.
+        load_options = self.finetune.load_options(config, auto_class)
         try:
-            model, info = auto_class.from_pretrained(name, config=config, output_loading_info=True)
+            model, info = auto_class.from_pretrained(
+                name, config=config, output_loading_info=True, **load_options
+            )
         except Exception as err:
             raise LmforgeError(
                 f"model.pretrained={name!r} could not be loaded as {auto_class.__name__}: {err}"
@@ -283,7 +287,11 @@ class TaskModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lmforge"] = {
             "task": self.task_name,
-            "hf_config": self.model.config.to_dict(),
+            # Without the quantization settings of a 4-bit base (finetune=qlora): the strategy
+            # quantizes again on load, and their enum would not pass torch's safe loading.
+            "hf_config": {
+                k: v for k, v in self.model.config.to_dict().items() if k != "quantization_config"
+            },
             "finetune": self.finetune.describe(),
             "adapter_only": self.adapter_only,
             "init_from": self.init_from,
