@@ -20,10 +20,11 @@ from lmforge.evaluation.baselines import run_baselines
 from lmforge.evaluation.testing import evaluate_before, evaluate_best
 from lmforge.run_record import record_end, record_start
 from lmforge.runs import load_teacher
+from lmforge.runtime import trainer as runtime
 from lmforge.runtime.precision import matmul_precision, resolve_matmul_precision, settle_precision
 from lmforge.runtime.trainer import build_trainer, fit, resume_point, stop_on_signal
 from lmforge.tasks.base import TaskModule
-from lmforge.validation import validate_training_config
+from lmforge.validation import process_rank, validate_training_config
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ def train(
         datamodule = prepare_datamodule(cfg.data)
         module = build_module(cfg, datamodule)
         run = build_trainer(cfg, run_dir, callbacks, matmul)
+        if process_rank() > 0:  # started by a cluster (SLURM, torchrun): it only trains
+            runtime.join_fit(cfg, run, module, datamodule, ckpt_path)
+            return None
         record_start(cfg, run_dir, datamodule, module)
         resumed = resume_point(ckpt_path, datamodule)
         before = evaluate_before(cfg, run_dir, module, datamodule) if cfg.evaluate_before else None

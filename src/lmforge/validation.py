@@ -63,10 +63,19 @@ def validate_training_config(cfg: DictConfig) -> None:
     check_machine(cfg)
 
 
-# Trainer strategies that run on CUDA GPUs only: class -> (the package they need, its extra).
-GPU_ONLY_STRATEGIES = {
-    "lightning.pytorch.strategies.DeepSpeedStrategy": ("deepspeed", "deepspeed"),
+# Trainer strategies that run on CUDA GPUs only: class -> (the trainer options that use it, the
+# package it needs and its extra, or None).
+GPU_ONLY_STRATEGIES: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "lightning.pytorch.strategies.DeepSpeedStrategy": (
+        "trainer=deepspeed_zero2, deepspeed_zero3 or deepspeed_zero3_offload",
+        ("deepspeed", "deepspeed"),
+    ),
+    # torch's FullyShardedDataParallel refuses CPUs ("FSDP needs a non-CPU accelerator").
+    "lmforge.runtime.strategies.SpawnedFSDPStrategy": ("trainer=fsdp", None),
+    "lightning.pytorch.strategies.FSDPStrategy": ("trainer=fsdp", None),
 }
+# Of those, the ones that shard across processes only (one process is refused).
+SINGLE_DEVICE_STRATEGIES = ("lightning.pytorch.strategies.DeepSpeedStrategy",)
 
 
 def check_machine(cfg: DictConfig) -> None:
@@ -81,18 +90,17 @@ def check_machine(cfg: DictConfig) -> None:
     import torch
 
     name = target.rsplit(".", 1)[-1]
-    package, extra = needs
+    options, package = needs
     missing = []
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (this machine has none)")
-    if importlib.util.find_spec(package) is None:
-        missing.append(f"the {package} package (pip install 'lmforge[{extra}]')")
+    if package is not None and importlib.util.find_spec(package[0]) is None:
+        missing.append(f"the {package[0]} package (pip install 'lmforge[{package[1]}]')")
     if missing:
         raise LmforgeError(
-            f"trainer.strategy is {name} (trainer=deepspeed_zero2, deepspeed_zero3 or "
-            f"deepspeed_zero3_offload), which runs on CUDA GPUs only, and it needs "
-            f"{' and '.join(missing)}. On this machine use trainer=cpu, or trainer=ddp_sim to "
-            "try the distributed code path on two CPU processes."
+            f"trainer.strategy is {name} ({options}), which runs on CUDA GPUs only, and it "
+            f"needs {' and '.join(missing)}. On this machine use trainer=cpu, or "
+            "trainer=ddp_sim to try the distributed code path on two CPU processes."
         )
 
 
@@ -144,18 +152,21 @@ def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
         )
     strategy = _select(cfg, "trainer.strategy")
     devices = _select(cfg, "trainer.devices")
+    nodes = _select(cfg, "trainer.num_nodes") or 1
     # DeepSpeed shards optimizer states even on one GPU (and offloads them to the CPU).
-    single_ok = str(_select(cfg, "trainer.strategy._target_") or "") in GPU_ONLY_STRATEGIES
+    single_ok = str(_select(cfg, "trainer.strategy._target_") or "") in SINGLE_DEVICE_STRATEGIES
     if (
         isinstance(strategy, DictConfig)
         and isinstance(devices, int)
-        and devices < 2
+        and isinstance(nodes, int)
+        and devices * nodes < 2
         and not single_ok
     ):
         problems.append(
             f"trainer.strategy is {strategy.get('_target_', strategy)} (distributed: "
-            f"trainer=ddp, ddp_sim, ddp_slurm or fsdp) but trainer.devices={devices}; use 2 or "
-            "more devices, or trainer=cpu / trainer=gpu for one."
+            f"trainer=ddp, ddp_sim, ddp_slurm or fsdp) but trainer.devices={devices} on "
+            f"trainer.num_nodes={nodes}; use 2 or more processes in all, or trainer=cpu / "
+            "trainer=gpu for one."
         )
 
 

@@ -208,7 +208,7 @@ def test_lora_option_with_full_finetuning_on_the_command_line():
 
 def test_distributed_trainer_with_one_device(make_cfg):
     message = refused(make_cfg("trainer=ddp_sim", "trainer.devices=1"))
-    assert_clear(message, "DDPStrategy", "trainer.devices=1", "use 2 or more devices")
+    assert_clear(message, "DDPStrategy", "trainer.devices=1", "use 2 or more processes")
 
 
 def test_max_length_beyond_the_models_positions(make_cfg, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ Kept free of heavy imports: it runs while Hydra composes a config, before torch 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -89,11 +90,28 @@ def run_dir(resume: str | None, default: str) -> str:
     """
     if resume:
         return str(Path(str(resume)).expanduser().resolve())
+    shared = slurm_run_dir(default)
+    if shared is not None:
+        return shared
     candidate, n = Path(default), 1
     while candidate.exists() and any(candidate.iterdir()):
         candidate = Path(f"{default}_{n}")
         n += 1
     return str(candidate)
+
+
+def slurm_run_dir(default: str) -> str | None:
+    """The directory every task of a multi-task SLURM job step shares, or None outside one.
+
+    SLURM starts the same command once per task, a moment apart: a timestamped name could
+    differ between them, and a later task would find the first one's files. They share one
+    directory named after the job (and step) instead, beside where `default` would be.
+    """
+    tasks, job = os.environ.get("SLURM_NTASKS", ""), os.environ.get("SLURM_JOB_ID")
+    if not (job and tasks.isdigit() and int(tasks) > 1):
+        return None
+    step = os.environ.get("SLURM_STEP_ID")
+    return str(Path(default).parent / (f"slurm-{job}" + (f".{step}" if step else "")))
 
 
 def hydra_subdir(resume: str | None, timestamp: str) -> str:

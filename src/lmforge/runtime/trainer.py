@@ -107,6 +107,18 @@ def fit(
     }
 
 
+def join_fit(
+    cfg: DictConfig, run: RunTrainer, module: pl.LightningModule, datamodule: Any, ckpt: str | None
+) -> None:
+    """The part of a run a rank > 0 takes when the cluster started every rank itself (SLURM's
+    tasks, torchrun): the fit, from the same point as rank 0. Rank 0 alone evaluates before
+    and after, runs the baselines and writes the run record, so the run has one of each."""
+    resume_point(ckpt, datamodule)
+    with stop_on_signal(run):
+        if cfg.train:
+            fit(run, module, datamodule, ckpt)
+
+
 def stopped(run: RunTrainer) -> RunInterrupted:
     """The error a run stopped by SIGTERM/Ctrl-C ends with: where it stopped, how to go on."""
     stop = run.stop
@@ -146,12 +158,21 @@ def resume_point(ckpt_path: str | None, datamodule: Any) -> dict[str, Any] | Non
 def single_process_trainer(
     cfg: DictConfig, loggers: list | None = None, **options: Any
 ) -> pl.Trainer:
-    """A one-device trainer of the run's kind, for evaluations outside `fit`."""
+    """A one-device trainer of the run's kind, for evaluations outside `fit`. It ignores any
+    cluster around the run (a SLURM job's tasks): one process evaluates alone. The process
+    group of a fit whose ranks the cluster started is closed first: Lightning's barriers would
+    otherwise wait for ranks that have finished."""
+    from lightning.fabric.plugins.environments.lightning import LightningEnvironment
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
     return instantiate(
         cfg.trainer,
         devices=1,
         num_nodes=1,
         strategy="auto",
+        plugins=[LightningEnvironment()],
         callbacks=[],
         logger=loggers or False,
         enable_progress_bar=False,
