@@ -217,6 +217,8 @@ def test_a_grid_multirun_runs_every_job_and_lists_the_failed_ones(tmp_path, tiny
     assert (tmp_path / "sweep" / "1" / "metrics.json").is_file()
 
 
+# A one-job DDP multirun also runs in tests/test_cluster.py (the reference of the SLURM run).
+@pytest.mark.slow
 def test_a_multirun_with_ddp_makes_one_dir_per_job(tmp_path, tiny_model, tiny_data):
     process = launch(
         *quick(tiny_model, tiny_data, tmp_path),

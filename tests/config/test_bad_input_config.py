@@ -195,7 +195,7 @@ def test_lora_option_with_full_finetuning(make_cfg):
     message = refused(make_cfg("+finetune.r=8"))
     assert_clear(
         message,
-        "finetune.r applies to finetune=lora/dora; the run uses finetune=full",
+        "finetune.r applies to finetune=lora/dora/qlora; the run uses finetune=full",
         "finetune=lora finetune.r=8",
     )
 
@@ -203,7 +203,9 @@ def test_lora_option_with_full_finetuning(make_cfg):
 def test_lora_option_with_full_finetuning_on_the_command_line():
     # Without `+` Hydra refuses the key; the message names the options that have it.
     message = refused_line("train", "finetune.r=8")
-    assert_clear(message, "finetune.r applies to finetune=lora/dora; the run uses finetune=full")
+    assert_clear(
+        message, "finetune.r applies to finetune=lora/dora/qlora; the run uses finetune=full"
+    )
 
 
 def test_distributed_trainer_with_one_device(make_cfg):
