@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.serve import Limits, RequestRefused, read_inputs
+from lmforge.serve_requests import Limits, RequestRefused, read_inputs
 from tests.conftest import REPO
 from tests.test_cli import ENV
 from tests.test_predict import read_records, train_tiny

@@ -18,7 +18,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 
 from lmforge.errors import LmforgeError
-from lmforge.serve import (
+from lmforge.serve_requests import (
     API_PATH,
     Decoded,
     Limits,

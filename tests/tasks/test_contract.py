@@ -166,8 +166,9 @@ def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, 
 def served_records(checkpoint: Path, examples: tuple) -> list[dict]:
     """What lmforge-serve answers for the examples, each sent as a request and all batched
     together, through the server's API as LitServe's batched loop calls it (no HTTP)."""
-    from lmforge.serve import Limits, worker_options
+    from lmforge.serve import worker_options
     from lmforge.serve_api import ModelAPI
+    from lmforge.serve_requests import Limits
 
     cfg = compose_config([f"ckpt_path={checkpoint}", "seed=0"], config_name="serve")
     api = ModelAPI(worker_options(cfg), Limits(8, 10_000), max_batch_size=8, batch_timeout=0)
