@@ -30,6 +30,17 @@ log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 
 
+def sample_cap(value: int | None) -> int | None:
+    """`model.max_generate_samples` checked: the validation examples a family generates on
+    each pass (None: all of them)."""
+    if value is not None and value < 1:
+        raise LmforgeError(
+            f"model.max_generate_samples must be 1 or more (or null: every validation "
+            f"example), got {value}."
+        )
+    return value
+
+
 class TaskModule(pl.LightningModule):
     """A pretrained Hugging Face model with a task head, trained by Lightning.
 

@@ -239,20 +239,20 @@ def chat_run(tmp_path_factory) -> Path:
     return tiny_run(root, "debian_chat_gpt2", "data.max_train_samples=64")
 
 
-def test_predict_renders_inputs_with_the_runs_template(chat_run, tmp_path):
+def _predicted_prompt(source: str, tmp_path: Path) -> str:
+    """The text lmforge-predict generates from for 'What is vim for?' with `source`."""
     cfg = compose_config(
-        [
-            f"ckpt_path={chat_run / 'checkpoints' / 'last.ckpt'}",
-            "input='What is vim for?'",
-            "generate.max_new_tokens=5",
-        ],
-        config_name="predict",
+        [source, "input='What is vim for?'", "generate.max_new_tokens=5"], config_name="predict"
     )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "predict")
     (record,) = [json.loads(line) for line in predict(cfg).read_text().splitlines()]
+    return record["generations"][0]["text"]
+
+
+def test_predict_renders_inputs_with_the_runs_template(chat_run, tmp_path):
+    prompt = _predicted_prompt(f"ckpt_path={chat_run / 'checkpoints' / 'last.ckpt'}", tmp_path)
     # The model saw the user turn and the generation prompt, as in training.
-    prompt = record["generations"][0]["text"]
     assert prompt.startswith("# # # user : what is vim for? # # # assistant :")
 
 
@@ -275,14 +275,7 @@ def test_the_exported_tokenizer_carries_the_chat_template(chat_run, tmp_path):
     info = json.loads((folder / "lmforge.json").read_text())
     assert info["format"] == "hf" and info["data_format"] == "messages"
     # The exported folder predicts through the same template as the checkpoint.
-    cfg = compose_config(
-        [f"model_dir={folder}", "input='What is vim for?'", "generate.max_new_tokens=5"],
-        config_name="predict",
-    )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "predict")
-    (record,) = [json.loads(line) for line in predict(cfg).read_text().splitlines()]
-    prompt = record["generations"][0]["text"]
+    prompt = _predicted_prompt(f"model_dir={folder}", tmp_path)
     assert prompt.startswith("# # # user : what is vim for? # # # assistant :")
 
 

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.answers import GeneratedTexts, answer_scores, exact_match, token_f1
-from lmforge.tasks.base import TaskModule
+from lmforge.tasks.base import TaskModule, sample_cap
 from lmforge.tasks.language_modeling.metrics import TokenLoss
 
 log = logging.getLogger(__name__)
@@ -149,16 +149,11 @@ class CausalLMModule(LanguageModelingModule):
         self.generate_prompts = list(generate_prompts or [])
         self.generate_max_new_tokens = generate_max_new_tokens
         self.generate_kwargs = dict(generate_kwargs or {})
-        if max_generate_samples is not None and max_generate_samples < 1:
-            raise LmforgeError(
-                f"model.max_generate_samples must be 1 or more (or null: every validation "
-                f"example), got {max_generate_samples}."
-            )
         if answer_max_new_tokens < 1:
             raise LmforgeError(
                 f"model.answer_max_new_tokens must be 1 or more, got {answer_max_new_tokens}."
             )
-        self.max_generate_samples = max_generate_samples
+        self.max_generate_samples = sample_cap(max_generate_samples)
         self.answer_max_new_tokens = answer_max_new_tokens
         self.last_test_records: list[dict[str, Any]] | None = None
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.answers import GeneratedTexts
-from lmforge.tasks.base import TaskModule
+from lmforge.tasks.base import TaskModule, sample_cap
 from lmforge.tasks.seq2seq.metrics import (
     bleu_scores,
     rouge_scores,
@@ -141,11 +141,7 @@ class Seq2SeqModule(TaskModule):
         **kwargs: Any,
     ) -> None:
         self.generate_settings = generation_settings(generate)
-        if max_generate_samples is not None and max_generate_samples < 1:
-            raise LmforgeError(
-                f"model.max_generate_samples must be 1 or more (or null: every validation row), "
-                f"got {max_generate_samples}."
-            )
+        sample_cap(max_generate_samples)
         if generate_every_n_epochs < 1:
             raise LmforgeError(
                 f"model.generate_every_n_epochs must be 1 or more, got {generate_every_n_epochs}."
