@@ -248,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_shape(shape, args.max_length, out / "data", limits)
         datasets[shape] = data
         print(f"Data {shape}: {json.dumps(data['stats'])}", flush=True)
-        # Seeds outside, contenders inside: a slow spell of the machine hits every contender.
-        for seed in args.seeds:
-            for contender in args.contenders:
+        # Seeds outside, contenders inside: a slow spell of the machine hits every contender;
+        # the order rotates with each seed, so no contender always runs first or after another.
+        for index, seed in enumerate(args.seeds):
+            shift = index % len(args.contenders)
+            for contender in args.contenders[shift:] + args.contenders[:shift]:
                 spec = make_spec(contender, seed, data, settings, work_dir)
                 print(f"  {shape} {contender} seed {seed} ...", end=" ", flush=True)
                 record = {"shape": shape, **run_contender(spec, settings)}

@@ -15,7 +15,6 @@ from torch.testing import assert_close
 
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate
-from lmforge.runtime import precision as precision_module
 from lmforge.runtime.rundir import prepare_resume
 from lmforge.train import train
 
@@ -338,67 +337,3 @@ def test_float32_matmul_precision_holds_for_the_run_only(make_cfg):
     assert record.precision == "medium"
     assert torch.get_float32_matmul_precision() == before
     assert read_metrics(Path(cfg.paths.output_dir))["float32_matmul_precision"] == "medium"
-
-
-@pytest.mark.parametrize(
-    ("setting", "accelerator", "bf16_cpu", "expected"),
-    [
-        ("auto", "cpu", True, "medium"),
-        ("auto", "cpu", False, None),
-        ("auto", "gpu", True, None),  # medium would make CUDA matmuls bfloat16
-        ("auto", "auto", True, None if torch.cuda.is_available() else "medium"),
-        ("high", "gpu", False, "high"),
-        ("highest", "cpu", True, "highest"),
-        (None, "cpu", True, None),
-    ],
-)
-def test_auto_matmul_precision_is_medium_on_bf16_cpus_only(
-    monkeypatch, setting, accelerator, bf16_cpu, expected
-):
-    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: bf16_cpu)
-    assert precision_module.resolve_matmul_precision(setting, accelerator) == expected
-
-
-@pytest.mark.parametrize(
-    ("setting", "accelerator", "bf16_cpu", "cuda_bf16", "expected"),
-    [
-        ("auto", "cpu", True, None, "bf16-mixed"),
-        ("auto", "cpu", False, None, "32-true"),  # bfloat16 would be emulated: slower
-        ("auto", "gpu", False, True, "bf16-mixed"),  # Ampere or newer
-        ("auto", "gpu", True, False, "32-true"),  # an older GPU: the CPU's flags do not count
-        ("auto", "auto", False, True, "bf16-mixed"),
-        ("auto", "auto", True, None, "bf16-mixed"),  # no GPU: the CPU trains
-        ("32-true", "cpu", True, None, "32-true"),
-        ("16-mixed", "gpu", False, True, "16-mixed"),
-    ],
-)
-def test_auto_precision_is_bf16_mixed_where_the_hardware_has_bfloat16(
-    monkeypatch, setting, accelerator, bf16_cpu, cuda_bf16, expected
-):
-    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: bf16_cpu)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bool(cuda_bf16))
-    assert precision_module.resolve_precision(setting, accelerator) == expected
-
-
-@pytest.mark.parametrize("bf16_cpu", [True, False])
-def test_the_default_precision_is_logged_recorded_and_rebuilt_from_config_yaml(
-    make_cfg, monkeypatch, caplog, bf16_cpu
-):
-    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: bf16_cpu)
-    cfg = make_cfg(
-        "trainer.precision=auto",
-        "trainer.max_epochs=1",
-        "evaluate_before=false",
-        "compare.baselines=[]",
-    )
-    expected = "bf16-mixed" if bf16_cpu else "32-true"
-    with caplog.at_level(logging.INFO, logger="lmforge.runtime.precision"):
-        train(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    metrics = read_metrics(run_dir)
-    assert metrics["precision"] == expected
-    assert metrics["test"]["test/acc"] is not None
-    assert f"Precision: {expected} (trainer.precision=auto" in caplog.text
-    # config.yaml holds what ran, so resume and lmforge-eval use the same precision.
-    assert OmegaConf.load(run_dir / "config.yaml").trainer.precision == expected

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.errors import LmforgeError
 from lmforge.runs import TrainedRun, load_run
-from lmforge.runtime.precision import settle_precision
 from lmforge.runtime.rundir import CONFIG_FILE, METRICS_FILE, record_config, write_json
 
 log = logging.getLogger(__name__)
@@ -60,12 +59,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         ) from err
 
     if cfg.trainer.get("precision") == "auto":
-        # The precision the run was tested with, so the same checkpoint gives the same numbers;
-        # trainer.precision=<value> on the command line evaluates in another.
-        run_precision = OmegaConf.select(run.config, "trainer.precision", default="auto")
+        # The precision the run was tested with (config.yaml records what auto resolved to),
+        # so the same checkpoint gives the same numbers; trainer.precision=<value> on the
+        # command line evaluates in another.
+        run_precision = OmegaConf.select(run.config, "trainer.precision", default=None)
         with open_dict(cfg):
-            cfg.trainer.precision = run_precision
-    settle_precision(cfg.trainer)
+            cfg.trainer.precision = (
+                run_precision if run_precision not in (None, "auto") else "32-true"
+            )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}

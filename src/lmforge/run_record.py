@@ -26,6 +26,7 @@ from lmforge.evaluation.testing import best_validation
 from lmforge.loggers import publish_run_results
 from lmforge.reporting.report import plot_run_curves
 from lmforge.runtime.callbacks import peak_memory
+from lmforge.runtime.precision import PrecisionChoice
 from lmforge.runtime.reproducibility import record_reproducibility
 from lmforge.runtime.rundir import (
     LABELS_FILE,
@@ -58,6 +59,7 @@ def record_end(
     datamodule: Any,
     evaluations: dict[str, Any],
     started: float,
+    precision: PrecisionChoice,
 ) -> dict[str, Any]:
     """metrics.json and the files beside it; returns the metrics record.
 
@@ -65,6 +67,7 @@ def record_end(
         evaluations: `before` (the before-training record or None), `after` (validation and
             test metrics of the evaluated weights), `predicted` (the test pass's labels or
             None), `baselines` and `resumed` (where a resumed run started).
+        precision: what the run computed in, and why.
     """
     after = evaluations["after"]
     best = best_validation(cfg, run)
@@ -101,6 +104,7 @@ def record_end(
         "train_samples_per_second": run.samples_per_second,
         "precision": str(cfg.trainer.precision),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "precision_choice": precision.record(),
         "peak_memory": peak_memory(),
         **run.progress,
         "parameters": module.parameter_counts(),

@@ -21,7 +21,7 @@ from lmforge.evaluation.testing import evaluate_before, evaluate_best
 from lmforge.run_record import record_end, record_start
 from lmforge.runs import load_teacher
 from lmforge.runtime import trainer as runtime
-from lmforge.runtime.precision import matmul_precision, resolve_matmul_precision, settle_precision
+from lmforge.runtime.precision import matmul_precision, settle_precision
 from lmforge.runtime.trainer import build_trainer, fit, resume_point, stop_on_signal
 from lmforge.tasks.base import TaskModule
 from lmforge.validation import process_rank, validate_training_config
@@ -41,15 +41,14 @@ def train(
     """
     started = time.perf_counter()
     validate_training_config(cfg)
-    settle_precision(cfg.trainer)
-    matmul = resolve_matmul_precision(cfg.get("float32_matmul_precision"), cfg.trainer.accelerator)
-    with matmul_precision(matmul):
+    precision = settle_precision(cfg)
+    with matmul_precision(precision.matmul):
         run_dir = Path(cfg.paths.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = prepare_datamodule(cfg.data)
         module = build_module(cfg, datamodule)
-        run = build_trainer(cfg, run_dir, callbacks, matmul)
+        run = build_trainer(cfg, run_dir, callbacks, precision.matmul)
         if process_rank() > 0:  # started by a cluster (SLURM, torchrun): it only trains
             runtime.join_fit(cfg, run, module, datamodule, ckpt_path)
             return None
@@ -71,7 +70,7 @@ def train(
             "baselines": baselines,
             "resumed": resumed,
         }
-        metrics = record_end(cfg, run_dir, run, module, datamodule, evaluations, started)
+        metrics = record_end(cfg, run_dir, run, module, datamodule, evaluations, started, precision)
     best = metrics["best_validation"]
     return best["value"] if best else None
 

@@ -213,7 +213,7 @@ def test_runs_save_checkpoints_atomically(make_cfg, tmp_path):
     from lmforge.runtime.trainer import build_trainer
 
     cfg = make_cfg()
-    settle_precision(cfg.trainer)
+    settle_precision(cfg)
     run = build_trainer(cfg, tmp_path, [], None)
     assert isinstance(run.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 

@@ -133,6 +133,11 @@ class CompileSchema(Section):
     fullgraph: bool = ABSENT
 
 
+class PrecisionProbeSchema(Section):
+    min_speedup: float = Field(ABSENT, gt=0)
+    refresh: bool = ABSENT
+
+
 class TrainSchema(Section):
     """Every top-level key of conf/train.yaml; groups without shared keys are `Any`."""
 
@@ -149,6 +154,7 @@ class TrainSchema(Section):
     distill: DistillSchema = ABSENT
     compile: CompileSchema = ABSENT
     float32_matmul_precision: Literal["auto", "highest", "high", "medium"] | None = ABSENT
+    precision_probe: PrecisionProbeSchema = ABSENT
     optimized_metric: str = ABSENT
     optimized_mode: Literal["min", "max"] = ABSENT
     run_id: str = ABSENT

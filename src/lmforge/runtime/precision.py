@@ -1,22 +1,49 @@
 """How a run computes: its Lightning precision (`trainer.precision`, `auto` by default) and its
-float32 matmul precision (`float32_matmul_precision`), resolved from the hardware once."""
+float32 matmul precision (`float32_matmul_precision`), settled once before the run starts.
+
+On a CPU `auto` is decided by measurement (lmforge.runtime.arithmetic_probe), not by CPU
+flags: bfloat16 instructions are fast on some CPUs and slower than float32 on others that
+report the same flags. On a GPU `auto` is bf16-mixed where CUDA supports bfloat16.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, open_dict
 
+from lmforge.runtime.arithmetic_probe import (
+    BF16_AUTOCAST,
+    FLOAT32_MEDIUM,
+    ArithmeticProbe,
+    cpu_arithmetic,
+)
+
 log = logging.getLogger(__name__)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What a run computes in, and why (metrics.json: `precision_choice`)."""
+
+    setting: str
+    precision: str
+    matmul: str | None
+    reason: str
+    probe: ArithmeticProbe | None = None
+
+    def record(self) -> dict[str, object]:
+        return {
+            "setting": self.setting,
+            "precision": self.precision,
+            "float32_matmul_precision": self.matmul,
+            "reason": self.reason,
+            "probe": self.probe.record() if self.probe else None,
+        }
 
 
 def runs_on_cpu(accelerator: str | None) -> bool:
@@ -24,40 +51,78 @@ def runs_on_cpu(accelerator: str | None) -> bool:
     return accelerator == "cpu" or (accelerator in ("auto", None) and not torch.cuda.is_available())
 
 
-def resolve_precision(setting: str | int | None, accelerator: str | None) -> str:
-    """The Lightning precision a run trains with (`trainer.precision`).
+def choose_precision(
+    setting: str | int | None,
+    matmul_setting: str | None,
+    accelerator: str | None,
+    cache_dir: str,
+    min_speedup: float,
+    refresh: bool = False,
+) -> PrecisionChoice:
+    """The Lightning precision and float32 matmul precision a run trains with.
 
-    `auto` is `bf16-mixed` where the hardware computes in bfloat16 natively: a CPU with
-    AVX512-BF16 or AMX instructions, or a CUDA GPU that supports bfloat16 (Ampere and newer);
-    plain `32-true` elsewhere, where bfloat16 would be emulated and slower. On the README's
-    benchmark CPU bf16-mixed trained 1.3x to 1.6x faster than float32 at every batch size and
-    text length measured, with test accuracy within the seed spread.
+    `auto` on a CPU: bf16-mixed where the arithmetic probe's bfloat16-autocast step ran at
+    least `min_speedup` times as fast as its float32 step, 32-true elsewhere; on a GPU:
+    bf16-mixed where CUDA supports bfloat16 (Ampere and newer), else 32-true.
+    `float32_matmul_precision=auto`: medium on a CPU where the probe's float32 step under
+    oneDNN's bfloat16 math mode was `min_speedup` times as fast; torch's default elsewhere
+    (on a GPU medium would make CUDA matmuls truly bfloat16).
     """
+    cpu = runs_on_cpu(accelerator)
+    probe = None
+    if cpu and "auto" in (setting, matmul_setting):
+        probe = cpu_arithmetic(cache_dir, refresh=refresh)
+    setting = str(setting)
+    matmul = matmul_setting
+    if matmul_setting == "auto":
+        faster = probe is not None and probe.speedup(FLOAT32_MEDIUM) >= min_speedup
+        matmul = "medium" if faster else None
     if setting != "auto":
-        return str(setting)
-    if runs_on_cpu(accelerator):
-        return "bf16-mixed" if cpu_has_bf16() else "32-true"
-    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def resolve_matmul_precision(setting: str | None, accelerator: str | None) -> str | None:
-    """The float32 matmul precision a run uses (None: torch's default, left alone).
-
-    `auto` is `medium` for a run on a CPU with bfloat16 instructions (oneDNN's bfloat16 math
-    mode for float32 matmuls); elsewhere it leaves torch's default, since on a GPU the same
-    setting would make CUDA matmuls truly bfloat16. It matters for float32 training only:
-    under bf16-mixed, autocast already runs the matmuls in bfloat16.
-    """
-    if setting != "auto":
-        return setting
-    if runs_on_cpu(accelerator) and cpu_has_bf16():
-        log.info(
-            "float32 matmuls: medium precision (float32_matmul_precision=auto on a CPU "
-            "with bfloat16 instructions: oneDNN's bfloat16 math mode)."
+        return PrecisionChoice(setting, setting, matmul, "set in the config", probe)
+    if probe is not None:
+        speedup = probe.speedup(BF16_AUTOCAST)
+        precision = "bf16-mixed" if speedup >= min_speedup else "32-true"
+        verdict = "at least" if speedup >= min_speedup else "less than"
+        reason = (
+            f"{probe.describe()}; bf16-mixed is chosen where bfloat16 is {verdict} "
+            f"precision_probe.min_speedup={min_speedup:g}x as fast"
         )
-        return "medium"
-    return None
+        return PrecisionChoice(setting, precision, matmul, reason, probe)
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if gpu and torch.cuda.is_bf16_supported():
+        return PrecisionChoice(setting, "bf16-mixed", matmul, "a CUDA GPU with bfloat16 support")
+    return PrecisionChoice(setting, "32-true", matmul, "a GPU without bfloat16 support")
+
+
+def settle_precision(cfg: DictConfig) -> PrecisionChoice:
+    """Replace `auto` in `trainer.precision` and `float32_matmul_precision` by what it stands for
+    on this machine (so config.yaml records what ran, and Lightning gets a value it knows)."""
+    setting, matmul = cfg.trainer.get("precision"), cfg.get("float32_matmul_precision")
+    # A resumed run's config.yaml holds settled values (and, made before the probe, no
+    # precision_probe): the probe's settings are read only where something is still auto.
+    probe_settings = cfg.precision_probe if "auto" in (setting, matmul) else None
+    choice = choose_precision(
+        setting,
+        matmul,
+        cfg.trainer.get("accelerator"),
+        cache_dir=str(cfg.paths.cache_dir),
+        min_speedup=float(probe_settings.min_speedup) if probe_settings else 0.0,
+        refresh=bool(probe_settings.refresh) if probe_settings else False,
+    )
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+        if "float32_matmul_precision" in cfg:
+            cfg.float32_matmul_precision = choice.matmul
+    if choice.setting == "auto":
+        log.info(
+            "Precision: %s (trainer.precision=auto: %s; set trainer.precision=32-true or "
+            "bf16-mixed to choose yourself).",
+            choice.precision,
+            choice.reason,
+        )
+    if choice.matmul:
+        log.info("float32 matmuls: %s precision (float32_matmul_precision).", choice.matmul)
+    return choice
 
 
 @contextmanager
@@ -73,19 +138,3 @@ def matmul_precision(precision: str | None) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
-
-
-def settle_precision(trainer_cfg: DictConfig) -> str:
-    """Replace `precision: auto` in a trainer config by the precision it stands for on this
-    machine (so config.yaml records what ran, and Lightning gets a value it knows); return it."""
-    setting = trainer_cfg.get("precision")
-    chosen = resolve_precision(setting, trainer_cfg.get("accelerator"))
-    if setting == "auto":
-        with open_dict(trainer_cfg):
-            trainer_cfg.precision = chosen
-        log.info(
-            "Precision: %s (trainer.precision=auto: bf16-mixed where the hardware computes in "
-            "bfloat16 natively, 32-true elsewhere; set trainer.precision=32-true to turn it off).",
-            chosen,
-        )
-    return chosen

@@ -67,6 +67,10 @@ def build_trainer(
     if not loggers:
         # The lr monitor writes to loggers only; with logger=none Lightning would refuse to start.
         configured = [c for c in configured if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:
+        # Lightning refuses a progress-bar callback with the bar turned off; the user asked for
+        # no bar, so the callbacks group's bar goes.
+        configured = [c for c in configured if not isinstance(c, pl.callbacks.ProgressBar)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=configured, logger=loggers or False)
     use_atomic_checkpoints(trainer.strategy)
     for logger in loggers:
