@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_overrides
-
-
-def script(name: str) -> str:
-    """The console script installed beside this interpreter (a venv's bin/), else on PATH."""
-    return shutil.which(name, path=str(Path(sys.executable).parent)) or name
-
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": ""}
-
-
-def run(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        list(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
+from tests.helpers import run, script, tiny_overrides
 
 
 def test_cfg_job_prints_the_config_without_heavy_imports(tmp_path):

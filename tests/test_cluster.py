@@ -15,9 +15,7 @@ from omegaconf import OmegaConf, open_dict
 
 from lmforge.errors import LmforgeError
 from lmforge.validation import check_machine
-from tests.conftest import compose_config
-from tests.test_cli import ENV, script
-from tests.test_sweeps import finish, launch, quick
+from tests.helpers import ENV, compose_config, finish, launch, quick, script
 
 
 def free_port() -> int:

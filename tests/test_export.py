@@ -12,14 +12,12 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch.testing import assert_close
 
-from lmforge.config.resources import config_dir
 from lmforge.errors import LmforgeError
 from lmforge.export import EXPORT_BATCH, export
 from lmforge.runs import load_task_module
 from lmforge.train import train
 from lmforge.validation import validate_training_config
-from tests.conftest import TINY_GPT2, compose_config, tiny_overrides
-from tests.test_cli import ENV, script
+from tests.helpers import ENV, compose_config, script, tiny_overrides
 
 QUICK = ["trainer.max_epochs=1", "evaluate_before=false", "test=false"]
 TEXTS = ["the match goal team won", "a guitar song with a piano and a drum played by the band"]
@@ -70,9 +68,8 @@ def assert_parity_passed(folder: Path, fmt: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, tiny_model, tiny_data) -> Path:
-    root = tmp_path_factory.mktemp("classifier")
-    return train_run(root, [*tiny_overrides(tiny_model, tiny_data), *QUICK])
+def classifier(tiny_classifier) -> Path:
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -148,18 +145,8 @@ def test_graph_formats_match_pytorch_on_other_shapes(classifier, tmp_path, fmt):
 
 
 @pytest.fixture(scope="module")
-def tagger(tmp_path_factory, tiny_model, tiny_data, tiny_ner) -> Path:
-    root = tmp_path_factory.mktemp("tagger")
-    return train_run(
-        root,
-        [
-            *tiny_overrides(tiny_model, tiny_data),
-            "experiment=debian_ner_minilm",
-            f"data.train_file={tiny_ner / 'train.conll'}",
-            "data.max_length=32",
-            *QUICK,
-        ],
-    )
+def tagger(tiny_tagger) -> Path:
+    return tiny_tagger
 
 
 @pytest.mark.parametrize("fmt", ["hf", "onnx"])
@@ -173,21 +160,8 @@ def test_token_classification_exports(tagger, tmp_path, fmt):
 
 
 @pytest.fixture(scope="module")
-def causal_lm(tmp_path_factory, tiny_model, tiny_data, tiny_text) -> Path:
-    root = tmp_path_factory.mktemp("causal_lm")
-    return train_run(
-        root,
-        [
-            *tiny_overrides(tiny_model, tiny_data),
-            "experiment=debian_lm_gpt2_scratch",
-            f"data.train_file={tiny_text / 'train.txt'}",
-            *TINY_GPT2,
-            "data.block_size=32",
-            "data.max_train_samples=null",
-            "model.generate_prompts=[]",
-            *QUICK,
-        ],
-    )
+def causal_lm(tiny_causal_lm) -> Path:
+    return tiny_causal_lm
 
 
 @pytest.mark.parametrize("fmt", ["hf", "onnx", "torchscript"])
@@ -195,7 +169,7 @@ def test_causal_lm_exports_logits(causal_lm, tmp_path, fmt):
     folder = export(export_config(causal_lm, tmp_path / "export", f"format={fmt}"))
     assert_parity_passed(folder, fmt)
     info = read_json(folder / "lmforge.json")
-    assert info["task"] == "causal_lm" and info["max_length"] == 32
+    assert info["task"] == "causal_lm" and info["max_length"] == 16
     # GPT-2 trained on ids and mask: the exported WordPiece tokenizer gives no token types
     assert info["inputs"] == ["input_ids", "attention_mask"]
     if fmt == "hf":
@@ -237,10 +211,11 @@ def test_parity_texts_file_is_used(classifier, tmp_path):
     [
         (
             ["format=tflite"],
-            r"format='tflite' is not an export format; expected one of hf, onnx, torchscript\.",
+            r"format must be one of 'hf', 'onnx', 'torchscript', got 'tflite'\.",
         ),
         (["ckpt_path=/no/such.ckpt"], r"ckpt_path='/no/such\.ckpt': no such checkpoint file"),
         (["tolerance=-1"], r"tolerance must be a number of 0 or more, got -1"),
+        (["ckpt_path=null"], r"ckpt_path must be a checkpoint: ckpt_path=<run dir>/checkpoints"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path, overrides, expected):
@@ -267,13 +242,7 @@ def test_onnx_without_its_extras_names_the_install(classifier, tmp_path, monkeyp
         export(export_config(classifier, tmp_path / "out", "format=onnx"))
 
 
-def finetune_config(name: str) -> None:
-    if not (config_dir() / "finetune" / f"{name}.yaml").is_file():
-        pytest.skip(f"conf/finetune/{name}.yaml is not there yet")
-
-
 def test_lora_export_merges_the_adapter(tmp_path, tiny_model, tiny_data):
-    finetune_config("lora")
     ckpt = train_run(tmp_path, [*tiny_overrides(tiny_model, tiny_data), *QUICK, "finetune=lora"])
     module = load_task_module(ckpt)
     assert type(module.model).__name__.startswith("Peft")  # the adapter is separate here
@@ -293,7 +262,6 @@ def test_lora_export_merges_the_adapter(tmp_path, tiny_model, tiny_data):
 
 
 def test_an_unmergeable_adapter_is_refused(tmp_path, tiny_model, tiny_data):
-    finetune_config("prompt_tuning")
     ckpt = train_run(
         tmp_path,
         [

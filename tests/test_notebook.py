@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 

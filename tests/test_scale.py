@@ -16,8 +16,7 @@ from lmforge.errors import LmforgeError
 from lmforge.runtime import checkpoints
 from lmforge.runtime.checkpoints import read_checkpoint
 from lmforge.validation import check_config, check_machine
-from tests.conftest import compose_config, save_tiny_bert
-from tests.test_predict import train_tiny
+from tests.helpers import compose_config, save_tiny_bert, train_tiny
 
 DEEPSPEED = ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"]
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None

@@ -19,9 +19,7 @@ import pytest
 
 from lmforge.errors import LmforgeError
 from lmforge.serve_requests import Limits, RequestRefused, read_inputs
-from tests.conftest import REPO
-from tests.test_cli import ENV
-from tests.test_predict import read_records, train_tiny
+from tests.helpers import ENV, REPO, read_records
 
 TEXTS = ["plays music files", "a text editor for the terminal", "reads mail"]
 
@@ -55,15 +53,21 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, tiny_model, tiny_data) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("classifier"), tiny_model, tiny_data)
+def classifier(tiny_classifier) -> Path:
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
-def server(classifier, tmp_path_factory):
+def server_log(tmp_path_factory) -> Path:
+    """The folder of the module's server: its run directory and server.log."""
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def server(classifier, server_log):
     """`lmforge-serve` on the tiny classifier: (base URL, process); stopped at the end."""
     port = free_port()
-    root = tmp_path_factory.mktemp("serve")
+    root = server_log
     command = [
         str(Path(sys.executable).parent / "lmforge-serve"),
         f"ckpt_path={classifier}",
@@ -176,11 +180,12 @@ def test_read_inputs_checks_the_body_before_any_model():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("serve.port=80", "serve.port must be a whole number from 1024 to 65535"),
-        ("serve.host=example.org", "serve.host='example.org'"),
-        ("serve.max_batch_size=0", "serve.max_batch_size must be a whole number of at least 1"),
-        ("serve.batch_timeout=-1", "serve.batch_timeout must be 0 or more"),
-        ("serve.device=tpu", "serve.device='tpu'"),
+        ("serve.port=80", r"serve.port must be a whole number in \[1024, 65535\], got 80"),
+        ("serve.host=example.org", "serve.host must be one of '127.0.0.1', '0.0.0.0', '::'"),
+        ("serve.max_batch_size=0", "serve.max_batch_size must be a whole number of 1 or more"),
+        ("serve.batch_timeout=-1", "serve.batch_timeout must be a number of 0 or more"),
+        ("serve.device=tpu", "serve.device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        ("serve.log_level=loud", "serve.log_level must be one of 'critical'"),
     ],
 )
 def test_bad_serve_settings_are_refused_before_loading(make_cfg, classifier, override, expected):
@@ -198,7 +203,7 @@ def test_the_served_records_are_json(server):
 
 
 # Last: it stops the module's server.
-def test_sigterm_shuts_the_server_and_its_workers_down(server):
+def test_sigterm_shuts_the_server_and_its_workers_down(server, server_log):
     url, process = server
     workers = children_of(process.pid)
     assert workers, "the server runs its inference worker in a process of its own"
@@ -210,3 +215,6 @@ def test_sigterm_shuts_the_server_and_its_workers_down(server):
     assert not [w for w in workers if alive(w)]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
+    # A clean shutdown: no process, the workers included, logs a traceback.
+    log = (server_log / "server.log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]

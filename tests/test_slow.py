@@ -8,7 +8,7 @@ import pytest
 from omegaconf import open_dict
 
 from lmforge.train import train
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 
 @pytest.mark.slow

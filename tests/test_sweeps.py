@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,41 +26,9 @@ from lmforge.sweep import (
     mark_interrupted,
     split_search_space,
 )
-from tests.conftest import compose_config, tiny_overrides
-from tests.test_cli import ENV, script
+from tests.helpers import compose_config, finish, launch, quick
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def quick(tiny_model: Path, tiny_data: Path, tmp_path: Path, epochs: int = 1) -> list[str]:
-    """Overrides for fast tiny jobs writing under tmp_path."""
-    base = [o for o in tiny_overrides(tiny_model, tiny_data) if "max_epochs" not in o]
-    return [
-        *base,
-        f"trainer.max_epochs={epochs}",
-        "compare.baselines=[]",
-        "evaluate_before=false",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-    ]
-
-
-def launch(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [script("lmforge-train"), "-m", *args],
-        cwd=cwd,
-        env={**ENV, "WANDB_MODE": "offline"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kwargs,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: int = 600) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    return output
 
 
 def digest(directory: Path) -> dict[str, str]:

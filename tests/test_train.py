@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
 from torch.testing import assert_close
 
 from lmforge.errors import LmforgeError
@@ -32,18 +30,9 @@ def digest(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model, tiny_data):
-    """One complete tiny training run shared by the tests that only read it."""
-    from tests.conftest import compose_config, tiny_overrides
-
-    root = tmp_path_factory.mktemp("finished")
-    # Three epochs: two leave the tiny model near chance on some seeds.
-    cfg = compose_config([*tiny_overrides(tiny_model, tiny_data), "trainer.max_epochs=3"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.cache_dir = str(root / "cache")
-    value = train(cfg)
-    return root / "run", value
+def finished_run(tiny_full_run):
+    """The complete tiny training run shared by the tests that only read it."""
+    return tiny_full_run
 
 
 def test_run_dir_holds_everything_a_run_needs(finished_run):
@@ -99,7 +88,7 @@ def test_eval_reproduces_the_test_metrics_in_its_own_dir(finished_run, make_cfg,
 
 
 def test_eval_on_another_file(finished_run, make_cfg, tmp_path):
-    from tests.conftest import make_rows, write_csv
+    from tests.helpers import make_rows, write_csv
 
     run_dir, _ = finished_run
     other = write_csv(tmp_path / "new.csv", make_rows(12, seed=9))
@@ -208,7 +197,7 @@ def test_a_run_never_overwrites_a_finished_runs_metrics(make_cfg, tmp_path):
 
 
 def test_multi_label_end_to_end(make_cfg, tmp_path):
-    from tests.conftest import write_csv
+    from tests.helpers import write_csv
 
     rows = [
         {"text": t, "label": lab}

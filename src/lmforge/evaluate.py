@@ -13,19 +13,18 @@ import lightning.pytorch as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmforge.config.schema import EvalSchema, check_command_settings
 from lmforge.errors import LmforgeError
 from lmforge.runs import TrainedRun, load_run
-from lmforge.runtime.rundir import CONFIG_FILE, METRICS_FILE, record_config, write_json
+from lmforge.runtime.record import EvalMetrics, write_run_metrics
+from lmforge.runtime.rundir import CONFIG_FILE, record_config
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test `cfg.ckpt_path`; write and return the test metrics."""
-    if not cfg.ckpt_path:
-        raise LmforgeError(
-            "ckpt_path must name a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt"
-        )
+    check_command_settings(cfg, EvalSchema)
     run = load_run(str(cfg.ckpt_path), "lmforge-eval")
     module = run.module
     if cfg.test_file:
@@ -70,16 +69,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}
-    write_json(
+    write_run_metrics(
         run_dir,
-        METRICS_FILE,
-        {
-            "task": module.task_name,
-            "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-            "test_file": data_cfg.test_file,
-            "examples": len(datamodule.splits["test"]),
-            "test": metrics,
-        },
+        EvalMetrics(
+            task=module.task_name,
+            checkpoint=str(Path(cfg.ckpt_path).resolve()),
+            test_file=data_cfg.test_file,
+            examples=len(datamodule.splits["test"]),
+            test=metrics,
+        ),
     )
     log.info("Test metrics: %s", json.dumps(metrics))
     return metrics

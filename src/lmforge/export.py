@@ -27,9 +27,11 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge import __version__
+from lmforge.config.schema import ExportSchema, check_command_settings
 from lmforge.errors import LmforgeError
 from lmforge.positions import usable_positions
 from lmforge.runs import TrainedRun, load_run
+from lmforge.runtime.record import ExportSettings, write_export_settings
 from lmforge.runtime.rundir import EXPORT_SETTINGS_FILE, write_json, write_new
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.spec import TaskFamily
@@ -109,19 +111,8 @@ def export(cfg: DictConfig) -> Path:
 # ----- options and folders --------------------------------------------------------------------
 def _check_options(cfg: DictConfig) -> str:
     """Fail fast, before loading anything, on settings that cannot work."""
+    check_command_settings(cfg, ExportSchema)
     fmt = str(cfg.format)
-    if fmt not in FORMATS:
-        raise LmforgeError(
-            f"format={fmt!r} is not an export format; expected one of {', '.join(FORMATS)}."
-        )
-    if not cfg.ckpt_path:
-        raise LmforgeError(
-            "ckpt_path must name a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt"
-        )
-    if isinstance(cfg.tolerance, bool) or not isinstance(cfg.tolerance, (int, float)):
-        raise LmforgeError(f"tolerance must be a number of 0 or more, got {cfg.tolerance!r}.")
-    if cfg.tolerance < 0:
-        raise LmforgeError(f"tolerance must be a number of 0 or more, got {cfg.tolerance}.")
     if fmt == "onnx":
         require_onnx_extras()
     return fmt
@@ -535,12 +526,11 @@ def _write_info(
 ) -> None:
     """lmforge.json: what running the export needs beyond the model and tokenizer (the run's
     settings, as `lmforge-predict` reads them from a checkpoint's run)."""
-    write_json(
+    write_export_settings(
         out,
-        EXPORT_SETTINGS_FILE,
         {
             # The run's settings first: the export's own keys below are never overridden.
-            **settings,
+            **cast(ExportSettings, settings),
             "task": family.name,
             "format": fmt,
             "model_file": MODEL_FILES[fmt],

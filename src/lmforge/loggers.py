@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from lmforge.runtime.record import RunMetrics
 from lmforge.runtime.rundir import PREDICTIONS_FILE
 
 log = logging.getLogger(__name__)
@@ -98,18 +99,16 @@ class WandbLogger(LightningWandbLogger):
                 wandb.run.finish(exit_code=1)
         return super().experiment
 
-    def publish_results(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+    def publish_results(self, run_dir: Path, metrics: RunMetrics) -> None:
         """Log the run's result tables and summary figures, then finish the W&B run."""
         import wandb
 
         run = self.experiment
         try:
             results: dict[str, Any] = {}
-            comparison = metrics.get("comparison")
-            if comparison and comparison.get("rows"):
-                results["comparison/before_after"] = comparison_table(comparison)
-            matrix = metrics.get("confusion_matrix")
-            if matrix:
+            if metrics["comparison"].get("rows"):
+                results["comparison/before_after"] = comparison_table(metrics["comparison"])
+            if matrix := metrics["confusion_matrix"]:
                 results["test/confusion_matrix"] = confusion_matrix_chart(matrix)
             rows = read_predictions(Path(run_dir) / PREDICTIONS_FILE, self.sample_predictions)
             if rows:
@@ -207,7 +206,7 @@ class MLFlowLogger(LightningMLFlowLogger):
         log.info("Continuing MLflow run %s of %s.", run_id, self.lmforge_run_id)
         return run_id
 
-    def publish_results(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+    def publish_results(self, run_dir: Path, metrics: RunMetrics) -> None:
         """Log the run's record files as artifacts and its run-level figures as metrics."""
         client, run_id = self.experiment, self.run_id
         figures = run_figures(metrics)
@@ -277,20 +276,20 @@ def read_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
     return rows
 
 
-def run_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+def run_figures(metrics: RunMetrics) -> dict[str, Any]:
     """Run-level figures of metrics.json for the runs table (compare jobs of a sweep by them)."""
-    best = metrics.get("best_validation") or {}
+    best, parameters = metrics["best_validation"], metrics["parameters"]
     figures = {
-        f"best/{best.get('metric')}": best.get("value"),
-        "run/wall_time_seconds": metrics.get("wall_time_seconds"),
-        "run/train_samples_per_second": metrics.get("train_samples_per_second"),
-        "run/trainable_parameters": (metrics.get("parameters") or {}).get("trainable"),
+        f"best/{best['metric'] if best else None}": best["value"] if best else None,
+        "run/wall_time_seconds": metrics["wall_time_seconds"],
+        "run/train_samples_per_second": metrics["train_samples_per_second"],
+        "run/trainable_parameters": parameters["trainable"] if parameters else None,
     }
     return {key: value for key, value in figures.items() if value is not None}
 
 
 @rank_zero_only
-def publish_run_results(loggers: Iterable[Logger], run_dir: Path, metrics: dict[str, Any]) -> None:
+def publish_run_results(loggers: Iterable[Logger], run_dir: Path, metrics: RunMetrics) -> None:
     """Hand a finished run's results (metrics.json and the files beside it) to every logger
     that shows more than metric curves (those with a `publish_results` method).
 
@@ -320,3 +319,21 @@ __all__ = [
     "WandbLogger",
     "publish_run_results",
 ]
+
+
+def publish_text_samples(
+    loggers: Iterable[Any], key: str, step: int, pairs: list[tuple[str, str]]
+) -> None:
+    """(prompt, generated text) pairs to the loggers that take text: a W&B table, TensorBoard
+    text summaries (`<key>_<i>`); the others keep none."""
+    for logger in loggers:
+        if hasattr(logger, "log_text"):  # W&B
+            logger.log_text(
+                key=key,
+                columns=["step", "prompt", "text"],
+                data=[[step, prompt, text] for prompt, text in pairs],
+            )
+        elif hasattr(getattr(logger, "experiment", None), "add_text"):  # TensorBoard
+            experiment: Any = cast(Any, logger).experiment
+            for i, (_, text) in enumerate(pairs):
+                experiment.add_text(f"{key}_{i}", text, step)

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from transformers import AutoConfig
 
+from lmforge.config.schema import PredictSchema, Section, check_command_settings
 from lmforge.data.datamodule import load_tokenizer_for_batching
 from lmforge.data.sources import FORMATS, check_file, load_file
 from lmforge.errors import LmforgeError
 from lmforge.positions import usable_positions
 from lmforge.runs import load_run
+from lmforge.runtime.record import read_export_settings
 from lmforge.runtime.rundir import EXPORT_SETTINGS_FILE, record_config
 from lmforge.tasks import FAMILIES, family_of_architectures
 from lmforge.tasks.predictor import InputText, Predictor
@@ -37,7 +39,6 @@ from lmforge.tasks.spec import TaskFamily
 log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("jsonl", "csv")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -78,62 +79,22 @@ def predict(cfg: DictConfig) -> Path:
 
 
 # ----- settings and output ------------------------------------------------------------------
-def check_settings(cfg: DictConfig) -> None:
-    """Refuse impossible settings before any model or data is loaded."""
+def check_settings(cfg: DictConfig, schema: type[Section] = PredictSchema) -> None:
+    """Refuse impossible settings before any model or data is loaded: each value against the
+    command's schema (`schema`), then the rules between them."""
+    check_command_settings(cfg, schema)
     if bool(cfg.ckpt_path) == bool(cfg.model_dir):
         given = "both were given" if cfg.ckpt_path else "neither was given"
         raise LmforgeError(
             "Name the model with exactly one of ckpt_path=<run dir>/checkpoints/best.ckpt (an "
             f"lmforge checkpoint) or model_dir=<folder> (an exported Hugging Face model); {given}."
         )
-    problems = []
-    if cfg.output_format not in OUTPUT_FORMATS:
-        problems.append(f"output_format={cfg.output_format!r}; expected jsonl or csv.")
-    if cfg.device not in DEVICES:
-        problems.append(f"device={cfg.device!r}; expected one of {', '.join(DEVICES)}.")
-    for key, least, optional in (
-        ("batch_size", 1, False),
-        ("fill_top_k", 1, False),
-        ("alternatives", 0, False),
-        ("generate.max_new_tokens", 1, True),
-        ("generate.num_beams", 1, True),
-        ("generate.num_return_sequences", 1, False),
-        ("max_length", 1, True),
-        ("stride", 0, True),
-    ):
-        value = OmegaConf.select(cfg, key)
-        if not (is_whole(value, least) or (optional and value is None)):
-            allowed = "null or " if optional else ""
-            problems.append(
-                f"{key} must be {allowed}a whole number of at least {least}, got {value!r}."
-            )
-    if cfg.threshold is not None and not (is_number(cfg.threshold) and 0 < cfg.threshold < 1):
-        problems.append(f"threshold must be null or in (0, 1), got {cfg.threshold!r}.")
     generate = cfg.generate
-    if is_whole(generate.num_return_sequences, 2) and not generate.do_sample:
-        problems.append(
+    if generate.num_return_sequences > 1 and not generate.do_sample:
+        raise LmforgeError(
             f"generate.num_return_sequences={generate.num_return_sequences} needs "
             "generate.do_sample=true (greedy decoding gives one continuation per prompt)."
         )
-    if generate.do_sample:
-        if not (is_number(generate.temperature) and generate.temperature > 0):
-            problems.append(f"generate.temperature must be above 0, got {generate.temperature!r}.")
-        if not (is_number(generate.top_p) and 0 < generate.top_p <= 1):
-            problems.append(f"generate.top_p must be in (0, 1], got {generate.top_p!r}.")
-        if not is_whole(generate.top_k, 0):
-            problems.append(
-                f"generate.top_k must be a whole number (0: off), got {generate.top_k!r}."
-            )
-    if problems:
-        raise LmforgeError(" ".join(problems))
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def is_whole(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def output_path(cfg: DictConfig) -> Path:
@@ -263,7 +224,7 @@ def load_export_folder(model_dir: str) -> tuple[TaskFamily, Any, Any, dict[str, 
             f"model_dir={model_dir!r}: no config.json there; expected a folder written by "
             "save_pretrained or lmforge-export (config.json, weights, tokenizer files)."
         )
-    settings = read_export_settings(folder, model_dir)
+    settings: dict[str, Any] = dict(read_export_settings(folder, f"model_dir={model_dir!r}"))
     if settings.get("format", "hf") != "hf":
         raise LmforgeError(
             f"model_dir={model_dir!r} holds an export of format {settings['format']!r}; "
@@ -315,20 +276,6 @@ def export_family(task: str | None, architectures: list[str] | None, model_dir: 
             f"{', '.join(FAMILIES)}."
         )
     return family
-
-
-def read_export_settings(folder: Path, model_dir: str) -> dict[str, Any]:
-    """The folder's `lmforge.json` (empty when there is none)."""
-    path = folder / EXPORT_SETTINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise LmforgeError(f"model_dir={model_dir!r}: {path} is not valid JSON: {err}") from err
-    if not isinstance(settings, dict):
-        raise LmforgeError(f"model_dir={model_dir!r}: {path} should hold a JSON object.")
-    return settings
 
 
 # ----- reading the inputs -------------------------------------------------------------------

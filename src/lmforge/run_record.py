@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig
@@ -24,17 +24,12 @@ from lmforge.evaluation.comparison import (
 )
 from lmforge.evaluation.testing import best_validation
 from lmforge.loggers import publish_run_results
-from lmforge.reporting.report import plot_run_curves
+from lmforge.reporting.plots import plot_run_curves
 from lmforge.runtime.callbacks import peak_memory
 from lmforge.runtime.precision import PrecisionChoice
+from lmforge.runtime.record import ParameterCounts, RunMetrics, write_run_metrics
 from lmforge.runtime.reproducibility import record_reproducibility
-from lmforge.runtime.rundir import (
-    LABELS_FILE,
-    METRICS_FILE,
-    TOKENIZER_DIR,
-    record_config,
-    write_json,
-)
+from lmforge.runtime.rundir import LABELS_FILE, TOKENIZER_DIR, record_config, write_json
 from lmforge.runtime.trainer import RunTrainer
 
 log = logging.getLogger(__name__)
@@ -60,7 +55,7 @@ def record_end(
     evaluations: dict[str, Any],
     started: float,
     precision: PrecisionChoice,
-) -> dict[str, Any]:
+) -> RunMetrics:
     """metrics.json and the files beside it; returns the metrics record.
 
     Args:
@@ -84,14 +79,14 @@ def record_end(
         evaluations["before"],
         after,
         evaluations["baselines"],
-        checkpoint=(best or {}).get("checkpoint"),
+        checkpoint=best["checkpoint"] if best else None,
         max_flipped=cfg.compare.max_flipped,
         predictions=predictions,
     )
     records = module.test_records() if after.get("test") and not predictions else None
     if records and (examples := scored_examples(records, module.example_metric)):
         comparison["examples"] = examples
-    metrics = {
+    metrics: RunMetrics = {
         "task": module.task_name,
         "test": after.get("test", {}),
         "validation": after.get("validation", {}),
@@ -106,8 +101,9 @@ def record_end(
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "precision_choice": precision.record(),
         "peak_memory": peak_memory(),
-        **run.progress,
-        "parameters": module.parameter_counts(),
+        "epochs_completed": run.progress["epochs_completed"],
+        "global_step": run.progress["global_step"],
+        "parameters": cast(ParameterCounts, module.parameter_counts()),
         "finetune": module.finetune.describe(),
         "data": {split: len(ds) for split, ds in datamodule.splits.items()},
         "tokenization_cache_hit": datamodule.cache_hit,
@@ -115,7 +111,7 @@ def record_end(
         "resumed_from": evaluations["resumed"],
         "evaluation_details": module.evaluation_details(),
     }
-    path = write_json(run_dir, METRICS_FILE, metrics)
+    path = write_run_metrics(run_dir, metrics)
     write_comparison(run_dir, comparison)
     plot_run_curves(run_dir, cfg.optimized_metric)
     if predictions:

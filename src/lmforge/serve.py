@@ -20,6 +20,7 @@ the record `lmforge-predict` writes for the same input.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
@@ -29,40 +30,6 @@ from lmforge.errors import LmforgeError
 from lmforge.serve_requests import API_PATH, Limits
 
 log = logging.getLogger(__name__)
-
-ACCELERATORS = ("auto", "cpu", "cuda")
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")
-
-
-def check_serve_settings(cfg: DictConfig) -> None:
-    """Refuse impossible serve settings before any model is loaded."""
-    from lmforge.predict import is_number, is_whole
-
-    serve = cfg.serve
-    problems = []
-    if serve.host not in HOSTS:
-        problems.append(f"serve.host={serve.host!r}; expected one of {', '.join(HOSTS)}.")
-    if not (is_whole(serve.port, 1024) and serve.port <= 65535):
-        problems.append(
-            f"serve.port must be a whole number from 1024 to 65535, got {serve.port!r}."
-        )
-    for key in ("max_batch_size", "workers", "max_text_chars"):
-        if not is_whole(serve[key], 1):
-            problems.append(
-                f"serve.{key} must be a whole number of at least 1, got {serve[key]!r}."
-            )
-    if not (is_number(serve.batch_timeout) and serve.batch_timeout >= 0):
-        problems.append(
-            f"serve.batch_timeout must be 0 or more seconds, got {serve.batch_timeout!r}."
-        )
-    if not (is_number(serve.timeout) and serve.timeout > 0):
-        problems.append(f"serve.timeout must be above 0 seconds, got {serve.timeout!r}.")
-    if serve.device not in ACCELERATORS:
-        problems.append(
-            f"serve.device={serve.device!r}; expected one of {', '.join(ACCELERATORS)}."
-        )
-    if problems:
-        raise LmforgeError(" ".join(problems))
 
 
 def worker_options(cfg: DictConfig) -> dict[str, Any]:
@@ -80,10 +47,10 @@ def build_server(cfg: DictConfig) -> Any:
     """The LitServer of `cfg` (not started)."""
     import importlib.util
 
+    from lmforge.config.schema import ServeSchema
     from lmforge.predict import check_settings, choose_device
 
-    check_serve_settings(cfg)
-    check_settings(cfg)
+    check_settings(cfg, ServeSchema)
     if importlib.util.find_spec("litserve") is None:
         raise LmforgeError(
             "lmforge-serve needs LitServe, which is not installed: pip install 'lmforge[serve]' "
@@ -115,8 +82,15 @@ def serve(cfg: DictConfig) -> None:
     """Start the server of `cfg` and block until SIGTERM or Ctrl-C stops it (cleanly: its
     workers are shut down too)."""
     server = build_server(cfg)
+    main = os.getpid()
 
     def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != main:
+            # A worker forked from here inherits this handler: it ends as SIGTERM ends any
+            # process (its parent is shutting down), without a KeyboardInterrupt traceback.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         # LitServe shuts its workers and front end down on KeyboardInterrupt.
         raise KeyboardInterrupt
 

@@ -406,6 +406,13 @@ def quantization_problem(device: str) -> None:
             f"on this {device.upper()} ({type(err).__name__}: {str(err).strip()[:200]}). "
             "Use a CUDA GPU or a bitsandbytes release with a CPU backend, or finetune=lora."
         ) from err
+    if device == "cpu" and importlib.util.find_spec("kernels") is None:
+        log.info(
+            "finetune=qlora on the CPU: bitsandbytes %s runs its built-in 4-bit matmuls; its "
+            "faster CPU kernels come from the `kernels` package, which fetches them from the "
+            "Hugging Face Hub (not installed).",
+            bitsandbytes.__version__,
+        )
 
 
 class IA3(PeftStrategy):

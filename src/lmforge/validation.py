@@ -25,7 +25,7 @@ from lmforge.config.compatibility import strategy_problem
 from lmforge.config.resources import config_dir
 from lmforge.config.schema import schema_problems
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.baselines import BASELINES
+from lmforge.evaluation.baselines import known_baselines
 from lmforge.positions import usable_positions
 from lmforge.runtime.rundir import check_run_dir_is_free
 from lmforge.tasks import families_of_datamodule, family_of_module
@@ -358,9 +358,10 @@ def _check_monitored_metrics(cfg: DictConfig, problems: list[str]) -> None:
 
 def _check_compare(cfg: DictConfig, problems: list[str]) -> None:
     baselines = _select(cfg, "compare.baselines")
-    known = ", ".join(BASELINES)
+    names = known_baselines()
+    known = ", ".join(names)
     if isinstance(baselines, ListConfig | list) and (
-        unknown := [str(b) for b in baselines if b not in BASELINES]
+        unknown := [str(b) for b in baselines if b not in names]
     ):
         problems.append(
             f"compare.baselines: unknown {', '.join(unknown)}; expected some of {known}."
@@ -429,11 +430,13 @@ def _check_positions(
     family = family_of_module(_select(cfg, "model._target_"))
     if limit is None or family is None:
         return
-    length = _select(cfg, family.length_key)
+    data_format = family.data_format(_select(cfg, "data._target_") or "")
+    key = (data_format or family.data_formats[0]).length_key
+    length = _select(cfg, key)
     if length is not None and length > limit:
         problems.append(
-            f"{family.length_key}={length} is longer than the {limit} positions of {source}; "
-            f"expected {limit} or less."
+            f"{key}={length} is longer than the {limit} positions of {source}; expected {limit} "
+            "or less: lower it, or use a model with more positions."
         )
 
 

@@ -21,8 +21,7 @@ from lmforge.command_line import check_command_line
 from lmforge.errors import LmforgeError
 from lmforge.tasks import FAMILIES
 from lmforge.validation import validate_training_config
-from tests.conftest import REPO, compose_config, tiny_overrides, write_conll
-from tests.test_cli import ENV, script
+from tests.helpers import ENV, REPO, compose_config, script, write_conll
 
 # The quickest complete run: one epoch, no before/after evaluation, no baselines.
 QUICK = [
@@ -79,17 +78,9 @@ def cli(name: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model, tiny_data) -> Path:
+def finished_run(tiny_full_run) -> Path:
     """A complete tiny classification run: checkpoints, config.yaml, metrics.json."""
-    from lmforge.train import train
-
-    root = tmp_path_factory.mktemp("battery")
-    cfg = compose_config([*tiny_overrides(tiny_model, tiny_data), *QUICK])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.cache_dir = str(root / "cache")
-    train(cfg)
-    return root / "run"
+    return tiny_full_run[0]
 
 
 @pytest.fixture

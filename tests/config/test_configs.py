@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmforge.config.resources import config_dir
 from lmforge.tasks import families_of_datamodule, family_of_module
 from lmforge.validation import check_config
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 CONF = config_dir()
 GROUPS = [
@@ -81,6 +81,56 @@ def test_every_experiment_pairs_a_model_with_its_data_and_passes_the_checks(expe
     assert family.logs(cfg.optimized_metric), cfg.optimized_metric
     assert cfg.task_name == experiment
     check_config(cfg)
+
+
+def matching_pairs() -> list[tuple[str, str]]:
+    """Every (model=, data=) pair of options whose model reads that data's format."""
+    targets = {
+        group: {
+            name: compose_config([f"{group}={name}"])[group]._target_ for name in options(group)
+        }
+        for group in ("model", "data")
+    }
+    pairs = []
+    for model, model_target in targets["model"].items():
+        family = family_of_module(model_target)
+        for data, data_target in targets["data"].items():
+            if family is not None and family.data_format(data_target) is not None:
+                pairs.append((model, data))
+    return pairs
+
+
+@pytest.mark.parametrize(("model", "data"), matching_pairs())
+def test_every_model_and_data_pair_composes_and_passes_without_an_experiment(model, data, tmp_path):
+    """Defaults that belong to a family (the optimized metric and its mode) follow the model the
+    user picked, so `data=chat model=gpt2_scratch` works as written."""
+    cfg = compose_config([f"model={model}", f"data={data}", f"paths.output_dir={tmp_path}/r"])
+    family = family_of_module(cfg.model._target_)
+    assert cfg.optimized_metric == f"val/{family.optimized_metric}"
+    lower = family.optimized_metric in family.lower_is_better
+    assert cfg.optimized_mode == ("min" if lower else "max")
+    check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "metric", "mode"),
+    [
+        (["optimized_metric=val/f1_macro"], "val/f1_macro", "max"),
+        (["optimized_metric=val/loss"], "val/loss", "min"),
+        (
+            ["model=gpt2_scratch", "data=chat", "optimized_metric=val/answer_f1"],
+            "val/answer_f1",
+            "max",
+        ),
+        (["model=gpt2_scratch", "data=chat"], "val/perplexity", "min"),
+        (["experiment=debian_summarize_minilm"], "val/loss", "min"),
+        (["optimized_metric=val/loss", "optimized_mode=max"], "val/loss", "max"),
+    ],
+)
+def test_the_optimized_metric_and_mode_follow_the_family_unless_set(overrides, metric, mode):
+    cfg = compose_config(overrides)
+    assert (cfg.optimized_metric, cfg.optimized_mode) == (metric, mode)
+    assert cfg.callbacks.model_checkpoint.monitor == metric
 
 
 COMMAND_CONFIGS = {

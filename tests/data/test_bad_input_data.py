@@ -20,8 +20,15 @@ from lmforge.tasks.language_modeling.data import LanguageModelingDataModule
 from lmforge.tasks.text_classification.data import TextClassificationDataModule
 from lmforge.tasks.token_classification.data import TokenClassificationDataModule
 from lmforge.train import train
-from tests.conftest import make_conll_sentences, make_rows, tiny_overrides, write_conll, write_csv
-from tests.test_cli import run, script
+from tests.helpers import (
+    make_conll_sentences,
+    make_rows,
+    run,
+    script,
+    tiny_overrides,
+    write_conll,
+    write_csv,
+)
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -11,67 +11,20 @@ import torch
 
 from lmforge.config.resources import sibling_split
 from lmforge.data.sampler import SeededBatchSampler
-from lmforge.errors import LmforgeError
-from lmforge.tasks.text_classification.data import TextClassificationDataModule
-from tests.conftest import make_rows, write_csv
-
-
-def build(tmp_path, tiny_model, **kwargs) -> TextClassificationDataModule:
-    kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
-    kwargs.setdefault("max_length", 32)
-    dm = TextClassificationDataModule(tokenizer=str(tiny_model), **kwargs)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
-def test_column_mapping_and_string_labels(tmp_path, tiny_model):
-    rows = [{"review": r["text"], "stars": r["label"], "extra": 1} for r in make_rows(30, 0)]
-    path = write_csv(tmp_path / "reviews.csv", rows)
-    dm = build(
-        tmp_path, tiny_model, train_file=str(path), text_column="review", label_column="stars"
-    )
-    assert dm.label_names == ["cooking", "music", "sports"]
-    assert set(dm.splits["train"].column_names) == {
-        "input_ids",
-        "token_type_ids",
-        "attention_mask",
-        "labels",
-    }
-
-
-def test_integer_labels_keep_their_values(tmp_path, tiny_model):
-    rows = [{"text": r["text"], "label": [3, 7, 5][i % 3]} for i, r in enumerate(make_rows(30, 0))]
-    path = write_csv(tmp_path / "ints_train.csv", rows)
-    dm = build(tmp_path, tiny_model, train_file=str(path))
-    assert dm.label_names == ["3", "5", "7"]
-
-
-def test_configured_label_names_set_the_id_order(tmp_path, tiny_model, tiny_data):
-    names = ["sports", "music", "cooking"]
-    dm = build(
-        tmp_path,
-        tiny_model,
-        train_file=str(tiny_data / "train.csv"),
-        label_names=names,
-        validation_file=str(tiny_data / "validation.csv"),
-        test_file=str(tiny_data / "test.csv"),
-    )
-    assert dm.label_names == names
-    first = pd.read_csv(tiny_data / "train.csv")
-    labels = dm.splits["train"]["labels"]
-    assert [names[i] for i in labels[:5]] == list(first["label"][:5])
+from tests.helpers import classification_data, classification_data_error, make_rows, write_csv
 
 
 def test_missing_splits_are_carved_stratified_and_seeded(tmp_path, tiny_model):
     path = write_csv(tmp_path / "only.csv", make_rows(90, 0))
-    dm = build(tmp_path, tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2)
+    dm = classification_data(
+        tmp_path, tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2
+    )
     assert dm.meta["carved_splits"] == ["test", "validation"]
     assert len(dm.splits["test"]) == 18 and len(dm.splits["validation"]) == 18
     assert sum(len(s) for s in dm.splits.values()) == 90
     # stratified: each of the 3 balanced labels gets a third of the test split
     assert Counter(dm.splits["test"]["labels"]) == {0: 6, 1: 6, 2: 6}
-    again = build(
+    again = classification_data(
         tmp_path / "second", tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2
     )
     assert again.splits["test"]["input_ids"] == dm.splits["test"]["input_ids"]
@@ -97,49 +50,23 @@ def test_other_file_formats(tmp_path, tiny_model, suffix):
         frame.to_csv(path, sep="\t", index=False)
     else:
         frame.to_json(path, orient="records", lines=suffix == ".jsonl")
-    dm = build(tmp_path, tiny_model, train_file=str(path))
+    dm = classification_data(tmp_path, tiny_model, train_file=str(path))
     assert dm.label_names == ["cooking", "music", "sports"]
-
-
-def test_sentence_pairs_are_encoded_as_pairs(tmp_path, tiny_model):
-    rows = [
-        {"a": "a cat sat", "b": "a dog ran", "label": "no"},
-        {"a": "the sun", "b": "the sun", "label": "yes"},
-    ] * 10
-    path = write_csv(tmp_path / "pairs.csv", rows)
-    dm = build(
-        tmp_path,
-        tiny_model,
-        train_file=str(path),
-        text_column="a",
-        text_pair_column="b",
-        validation_ratio=0.2,
-        test_ratio=0.2,
-    )
-    example = dm.splits["train"][0]
-    assert 1 in example["token_type_ids"]  # the second segment is marked
-
-
-def test_multi_label_rows_from_a_separator(tmp_path, tiny_model):
-    rows = [{"text": "t " * (i + 1), "label": ["a|b", "b", "c|a"][i % 3]} for i in range(30)]
-    path = write_csv(tmp_path / "multi.csv", rows)
-    dm = build(tmp_path, tiny_model, train_file=str(path), multi_label=True)
-    assert dm.label_names == ["a", "b", "c"]
-    vectors = {tuple(v) for split in dm.splits.values() for v in split["labels"]}
-    assert vectors <= {(1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.0, 1.0)}
 
 
 def test_truncation_is_counted(tmp_path, tiny_model):
     rows = [{"text": "word " * (200 if i % 2 else 3), "label": "ab"[i % 2]} for i in range(20)]
     path = write_csv(tmp_path / "long.csv", rows)
-    dm = build(tmp_path, tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2)
+    dm = classification_data(
+        tmp_path, tiny_model, train_file=str(path), validation_ratio=0.2, test_ratio=0.2
+    )
     total = sum(s["truncated"] for s in dm.meta["stats"].values())
     assert total == 10
     assert max(dm.lengths["train"]) == 32
 
 
 def test_caps_limit_each_split(tmp_path, tiny_model, tiny_data):
-    dm = build(
+    dm = classification_data(
         tmp_path,
         tiny_model,
         train_file=str(tiny_data / "train.csv"),
@@ -154,20 +81,23 @@ def test_caps_limit_each_split(tmp_path, tiny_model, tiny_data):
 
 def test_tokenization_cache_hit_and_miss(tmp_path, tiny_model):
     path = write_csv(tmp_path / "train.csv", make_rows(30, 0))
-    first = build(tmp_path, tiny_model, train_file=str(path))
+    first = classification_data(tmp_path, tiny_model, train_file=str(path))
     assert first.cache_hit is False
-    second = build(tmp_path, tiny_model, train_file=str(path))
+    second = classification_data(tmp_path, tiny_model, train_file=str(path))
     assert second.cache_hit is True
-    assert build(tmp_path, tiny_model, train_file=str(path), max_length=16).cache_hit is False
+    assert (
+        classification_data(tmp_path, tiny_model, train_file=str(path), max_length=16).cache_hit
+        is False
+    )
     write_csv(path, make_rows(30, 1))  # same name, new content
-    assert build(tmp_path, tiny_model, train_file=str(path)).cache_hit is False
+    assert classification_data(tmp_path, tiny_model, train_file=str(path)).cache_hit is False
     assert len(list((tmp_path / "cache").glob("TextClassificationDataModule-*"))) == 3
 
 
 @pytest.mark.parametrize("damage", ["truncate", "meta"])
 def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, tiny_model, caplog, damage):
     path = write_csv(tmp_path / "train.csv", make_rows(30, 0))
-    first = build(tmp_path, tiny_model, train_file=str(path))
+    first = classification_data(tmp_path, tiny_model, train_file=str(path))
     expected = {split: list(dataset["input_ids"]) for split, dataset in first.splits.items()}
     (entry,) = (tmp_path / "cache").glob("TextClassificationDataModule-*")
     if damage == "truncate":  # a full disk or a partial copy: the arrow file cut short
@@ -176,66 +106,52 @@ def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, tiny_model, caplog,
     else:
         (entry / "meta.json").write_text("{not json")
     with caplog.at_level("WARNING", logger="lmforge.data.datamodule"):
-        again = build(tmp_path, tiny_model, train_file=str(path))
+        again = classification_data(tmp_path, tiny_model, train_file=str(path))
     assert f"tokenization cache at {entry} cannot be read" in caplog.text
     assert again.cache_hit is False
     assert {split: list(ds["input_ids"]) for split, ds in again.splits.items()} == expected
-    assert build(tmp_path, tiny_model, train_file=str(path)).cache_hit is True  # rebuilt whole
+    assert (
+        classification_data(tmp_path, tiny_model, train_file=str(path)).cache_hit is True
+    )  # rebuilt whole
 
 
 # ----- errors ---------------------------------------------------------------------------------
 
 
-def error_of(tmp_path, tiny_model, **kwargs) -> str:
-    with pytest.raises(LmforgeError) as info:
-        build(tmp_path, tiny_model, **kwargs)
-    return str(info.value)
-
-
 def test_missing_file_names_the_key(tmp_path, tiny_model):
-    message = error_of(tmp_path, tiny_model, train_file=str(tmp_path / "nope.csv"))
+    message = classification_data_error(tmp_path, tiny_model, train_file=str(tmp_path / "nope.csv"))
     assert "data.train_file" in message and "nope.csv" in message
 
 
 def test_missing_column_lists_columns_found(tmp_path, tiny_model):
     path = write_csv(tmp_path / "t.csv", make_rows(10, 0))
-    message = error_of(tmp_path, tiny_model, train_file=str(path), text_column="review")
-    assert "data.text_column='review'" in message and "text, label" in message
-
-
-def test_unseen_test_label_is_refused(tmp_path, tiny_model):
-    train = write_csv(tmp_path / "train.csv", make_rows(30, 0))
-    write_csv(tmp_path / "test.csv", [{"text": "x y", "label": "politics"}])
-    message = error_of(
-        tmp_path, tiny_model, train_file=str(train), test_file=str(tmp_path / "test.csv")
+    message = classification_data_error(
+        tmp_path, tiny_model, train_file=str(path), text_column="review"
     )
-    assert "test split" in message and "'politics'" in message
-
-
-def test_single_class_is_refused(tmp_path, tiny_model):
-    path = write_csv(tmp_path / "t.csv", [{"text": "a b", "label": "x"}] * 10)
-    assert "single label" in error_of(tmp_path, tiny_model, train_file=str(path))
+    assert "data.text_column='review'" in message and "text, label" in message
 
 
 def test_missing_text_names_the_rows(tmp_path, tiny_model):
     rows = make_rows(10, 0)
     rows[3]["text"] = ""
     path = write_csv(tmp_path / "t.csv", rows)
-    message = error_of(tmp_path, tiny_model, train_file=str(path), drop_empty=False)
+    message = classification_data_error(
+        tmp_path, tiny_model, train_file=str(path), drop_empty=False
+    )
     assert "row(s) 4" in message and "'text'" in message
 
 
 def test_empty_and_non_utf8_files(tmp_path, tiny_model):
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    assert "empty" in error_of(tmp_path, tiny_model, train_file=str(empty))
+    assert "empty" in classification_data_error(tmp_path, tiny_model, train_file=str(empty))
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
-    assert "UTF-8" in error_of(tmp_path, tiny_model, train_file=str(latin))
+    assert "UTF-8" in classification_data_error(tmp_path, tiny_model, train_file=str(latin))
 
 
 def test_no_source_is_refused(tmp_path, tiny_model):
-    assert "No data source" in error_of(tmp_path, tiny_model)
+    assert "No data source" in classification_data_error(tmp_path, tiny_model)
 
 
 # ----- sampler --------------------------------------------------------------------------------
@@ -276,9 +192,14 @@ def test_sampler_shards_across_processes():
     assert seen == set(range(50))
 
 
-def test_meta_is_json(tmp_path, tiny_model, tiny_data):
-    dm = build(tmp_path, tiny_model, train_file=str(tiny_data / "train.csv"))
-    json.dumps(dm.meta)
+def test_meta_survives_the_cache_as_json(tmp_path, tiny_model, tiny_data):
+    dm = classification_data(tmp_path, tiny_model, train_file=str(tiny_data / "train.csv"))
+    assert dm.cache_hit is False
+    again = classification_data(tmp_path, tiny_model, train_file=str(tiny_data / "train.csv"))
+    assert again.cache_hit is True
+    # What the first run wrote to the cache is what the second reads: label names included.
+    assert json.loads(json.dumps(dm.meta)) == again.meta
+    assert again.label_names == ["cooking", "music", "sports"]
 
 
 def test_hub_code_path_on_a_local_dataset_folder(tmp_path, tiny_model):
@@ -301,16 +222,18 @@ def test_hub_code_path_on_a_local_dataset_folder(tmp_path, tiny_model):
         datasets.Dataset.from_dict(rows, features=features).to_parquet(
             str(folder / f"{split}.parquet")
         )
-    dm = build(tmp_path, tiny_model, dataset_name=str(folder), text_column="sentence")
+    dm = classification_data(tmp_path, tiny_model, dataset_name=str(folder), text_column="sentence")
     assert dm.label_names == ["negative", "positive"]  # from the ClassLabel feature
     assert dm.meta["carved_splits"] == ["test"]
     assert len(dm.splits["validation"]) == 10
-    again = build(tmp_path, tiny_model, dataset_name=str(folder), text_column="sentence")
+    again = classification_data(
+        tmp_path, tiny_model, dataset_name=str(folder), text_column="sentence"
+    )
     assert again.cache_hit is True
 
 
 def test_files_and_a_hub_name_together_are_refused(tmp_path, tiny_model, tiny_data):
-    message = error_of(
+    message = classification_data_error(
         tmp_path, tiny_model, dataset_name="imdb", train_file=str(tiny_data / "train.csv")
     )
     assert "choose one source" in message
@@ -318,19 +241,19 @@ def test_files_and_a_hub_name_together_are_refused(tmp_path, tiny_model, tiny_da
 
 def test_the_seed_keys_the_cache_only_when_splits_are_carved(tmp_path, tiny_model, tiny_data):
     files = {f"{s}_file": str(tiny_data / f"{s}.csv") for s in ("train", "validation", "test")}
-    assert build(tmp_path, tiny_model, seed=1, **files).cache_hit is False
+    assert classification_data(tmp_path, tiny_model, seed=1, **files).cache_hit is False
     # All three splits given: another seed changes nothing tokenized.
-    assert build(tmp_path, tiny_model, seed=2, **files).cache_hit is True
+    assert classification_data(tmp_path, tiny_model, seed=2, **files).cache_hit is True
     # Carved splits depend on the seed.
     only_train = {"train_file": files["train_file"]}
-    assert build(tmp_path, tiny_model, seed=1, **only_train).cache_hit is False
-    assert build(tmp_path, tiny_model, seed=2, **only_train).cache_hit is False
+    assert classification_data(tmp_path, tiny_model, seed=1, **only_train).cache_hit is False
+    assert classification_data(tmp_path, tiny_model, seed=2, **only_train).cache_hit is False
 
 
 def test_batches_pad_to_a_multiple(tmp_path, tiny_model, tiny_data):
     files = {f"{split}_file": str(tiny_data / f"{split}.csv") for split in ("train", "test")}
-    plain = build(tmp_path, tiny_model, batch_size=8, **files)
-    padded = build(tmp_path, tiny_model, batch_size=8, pad_to_multiple_of=8, **files)
+    plain = classification_data(tmp_path, tiny_model, batch_size=8, **files)
+    padded = classification_data(tmp_path, tiny_model, batch_size=8, pad_to_multiple_of=8, **files)
     loaders = (padded.train_dataloader(), padded.test_dataloader())
     for batch in (b for loader in loaders for b in loader):
         assert batch["input_ids"].shape[1] % 8 == 0

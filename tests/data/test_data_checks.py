@@ -9,8 +9,7 @@ from lmforge.tasks.language_modeling.data import LanguageModelingDataModule
 from lmforge.tasks.text_classification.data import TextClassificationDataModule
 from lmforge.tasks.token_classification.data import TokenClassificationDataModule
 from lmforge.train import train
-from tests.conftest import make_rows, tiny_overrides, write_conll, write_csv
-from tests.test_cli import run, script
+from tests.helpers import make_rows, run, script, tiny_overrides, write_conll, write_csv
 
 SHORT = "goal team"  # well under max_length=32 tokens
 LONG = "goal " * 60  # far over it

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import baselines as baselines_module
@@ -32,7 +31,7 @@ from lmforge.tasks.token_classification.data import TokenClassificationDataModul
 from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train
 from lmforge.validation import validate_training_config
-from tests.conftest import REPO, TOPICS
+from tests.helpers import REPO, TOPICS
 
 SCRIPT = REPO / "scripts" / "classification_baselines.py"
 
@@ -271,16 +270,8 @@ def test_compare_settings_are_checked(make_cfg):
 
 # ----- end to end -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def compared_run(tmp_path_factory, tiny_model, tiny_data):
-    from tests.conftest import compose_config, tiny_overrides
-
-    root = tmp_path_factory.mktemp("compared")
-    cfg = compose_config([*tiny_overrides(tiny_model, tiny_data), "compare.max_flipped=3"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.cache_dir = str(root / "cache")
-    train(cfg)
-    return root / "run"
+def compared_run(tiny_full_run):
+    return tiny_full_run[0]
 
 
 def test_a_run_writes_the_comparison(compared_run):

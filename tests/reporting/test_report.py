@@ -15,9 +15,10 @@ import pytest
 from omegaconf import open_dict
 
 from lmforge.errors import LmforgeError
-from lmforge.reporting.report import plot_run_curves, write_report
+from lmforge.reporting.plots import plot_run_curves
+from lmforge.reporting.report import write_report
 from lmforge.train import train
-from tests.test_cli import script
+from tests.helpers import script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAILURE = "data.train_file='missing.csv': no such file (expected a .csv, .json or .parquet file)"
@@ -59,7 +60,7 @@ def copy_run(run_dir: Path, target: Path) -> Path:
 def sweep(tmp_path_factory, tiny_model, tiny_data) -> Path:
     """A multirun as Hydra lays it out: jobs 0 and 1 finished (two learning rates), job 2
     failed with an error in its log, job 3 left neither metrics.json nor a log."""
-    from tests.conftest import compose_config, tiny_overrides
+    from tests.helpers import compose_config, tiny_overrides
 
     root = tmp_path_factory.mktemp("report")
     sweep_dir = root / "sweep"
@@ -167,7 +168,7 @@ def test_mixed_metrics_nan_and_no_csv(sweep, tmp_path, caplog):
     assert "`b`: no curve, no csv/metrics.csv" in text
     assert_png(root / "report" / "learning_curves.png")
 
-    caplog.set_level(logging.INFO, logger="lmforge.reporting.report")
+    caplog.set_level(logging.INFO, logger="lmforge.reporting.plots")
     assert plot_run_curves(other) is None
     assert "No learning curve: no csv/metrics.csv" in caplog.text
 

@@ -20,8 +20,7 @@ from lmforge.data.sampler import SeededBatchSampler
 from lmforge.runtime.callbacks import NonFiniteLoss
 from lmforge.runtime.checkpoints import AtomicCheckpointIO
 from lmforge.train import train
-from tests.conftest import REPO, compose_config, tiny_overrides
-from tests.test_cli import ENV, script
+from tests.helpers import ENV, REPO, compose_config, script, tiny_overrides
 
 STEPS_PER_EPOCH = 6  # 96 training rows, batches of 16
 STOP_AT_STEP = 9  # epoch 1, after its 3rd batch: mid-epoch
@@ -35,7 +34,7 @@ import lightning.pytorch as pl
 from omegaconf import open_dict
 from lmforge.cli import user_errors
 from lmforge.train import train
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 run_dir, marker, stop_at, *overrides = sys.argv[1:]
 

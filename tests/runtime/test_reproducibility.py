@@ -20,8 +20,7 @@ from lmforge.runtime.reproducibility import (
     record_reproducibility,
 )
 from lmforge.train import train
-from tests.conftest import compose_config, tiny_overrides
-from tests.test_cli import ENV, script
+from tests.helpers import ENV, compose_config, script, tiny_overrides
 
 QUICK = [
     "trainer.max_epochs=1",
@@ -146,6 +145,10 @@ def test_a_command_line_run_records_its_command_and_overrides(tmp_path, tiny_mod
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # Nothing of bitsandbytes (imported by peft, unused by the run) in its log.
+    log = "".join(p.read_text() for p in (tmp_path / "run").glob("*.log"))
+    assert log
+    assert "kernels-community" not in log + result.stdout + result.stderr
     record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
     assert record["command"][0] == "lmforge-train"
     assert "seed=5" in record["command"] and "seed=5" in record["overrides"]

@@ -16,14 +16,16 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from lmforge.config.resources import config_dir
+from lmforge.errors import LmforgeError
+from lmforge.evaluation.baselines import BASELINES
 from lmforge.export import export
 from lmforge.predict import predict
 from lmforge.tasks import FAMILIES, family_of_module
 from lmforge.tasks.predictor import Predictor
-from lmforge.tasks.spec import class_name
+from lmforge.tasks.spec import class_name, load
 from lmforge.train import train
-from lmforge.validation import check_config
-from tests.conftest import compose_config
+from lmforge.validation import check_config, validate_training_config
+from tests.helpers import compose_config
 
 FAMILY_NAMES = sorted(FAMILIES)
 # A few examples, one epoch: the contract, not the quality.
@@ -65,6 +67,14 @@ def test_the_spec_names_classes_that_exist_and_agree(name):
     assert set(family.lower_is_better) <= set(family.metrics)
     assert set(family.only_when) <= set(family.metrics)
     assert family.example_inputs, "a family gives example inputs to try its models on"
+    # Its baselines are shared ones or its own, kept in its folder.
+    for baseline in family.baselines:
+        assert baseline in BASELINES or baseline in family.own_baselines, baseline
+    for baseline in family.own_baselines.values():
+        assert baseline.runner.startswith(f"lmforge.tasks.{family.module.split('.')[2]}.")
+        assert callable(load(baseline.runner))
+    for data_format in family.data_formats:
+        assert load(data_format.datamodule).__name__ == class_name(data_format.datamodule)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -85,6 +95,34 @@ def test_every_config_of_the_family_composes_and_passes_the_checks(name, tmp_pat
     for model in models:
         cfg = compose_config([f"experiment={family.experiment}", f"model={model}"])
         assert family_of_module(cfg.model._target_) is family
+
+
+FORMATS = [
+    (name, data_format) for name in FAMILY_NAMES for data_format in FAMILIES[name].data_formats
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data_format"), FORMATS, ids=[f"{n}-{class_name(f.datamodule)}" for n, f in FORMATS]
+)
+def test_every_data_format_refuses_a_length_beyond_the_model_positions(name, data_format, tmp_path):
+    family = FAMILIES[name]
+    options = configs_of("data", data_format.datamodule)
+    assert options, f"no conf/data option reads {class_name(data_format.datamodule)}"
+    cfg = compose_config(
+        [
+            f"experiment={family.experiment}",
+            f"data={options[0]}",
+            f"{data_format.length_key}=100000",
+            f"paths.output_dir={tmp_path}/run",
+        ]
+    )
+    with pytest.raises(LmforgeError) as caught:
+        validate_training_config(cfg)  # what train() runs before any data is read
+    message = str(caught.value)
+    assert f"{data_format.length_key}=100000 is longer than the " in message
+    assert "\n" not in message and "Traceback" not in message
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

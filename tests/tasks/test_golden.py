@@ -15,7 +15,7 @@ import pytest
 from torch.testing import assert_close
 
 from lmforge.train import train
-from tests.conftest import TINY_GPT2
+from tests.helpers import TINY_GPT2
 
 COMMON = ("evaluate_before=true", "seed=11")
 

@@ -154,6 +154,26 @@ def job_name(task_name: str) -> str:
     return task_name if hydra is None else f"{task_name}-{hydra.job.num}"
 
 
+def family_metric(model_target: str) -> str:
+    """`optimized_metric`'s default: the validation metric of the task family that
+    `model._target_` trains (val/loss for a class lmforge does not know)."""
+    from lmforge.tasks import family_of_module
+
+    family = family_of_module(model_target)
+    return f"val/{family.optimized_metric if family else 'loss'}"
+
+
+def metric_mode(model_target: str, metric: str) -> str:
+    """`optimized_mode`'s default: min where `metric` improves downwards for that family
+    (losses, perplexity), max elsewhere."""
+    from lmforge.tasks import family_of_module
+
+    family = family_of_module(model_target)
+    name = str(metric).partition("/")[2] or str(metric)
+    lower = family.lower_is_better if family else ("loss",)
+    return "min" if name in lower or name.endswith("loss") else "max"
+
+
 def register_resolvers() -> None:
     """Register the `lmforge.*` resolvers the configs use (idempotent)."""
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -166,6 +186,8 @@ def register_resolvers() -> None:
         "lmforge.run_id": (run_id, False),
         "lmforge.sweep_group": (sweep_group, False),
         "lmforge.job_name": (job_name, False),
+        "lmforge.family_metric": (family_metric, False),
+        "lmforge.metric_mode": (metric_mode, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

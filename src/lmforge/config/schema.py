@@ -22,6 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from lmforge.errors import LmforgeError
+
 # The default of every field: an option may lack the key, and then nothing is checked. A key
 # that is present must fit its type, so `null` passes only where the type says `| None`.
 ABSENT: Any = None
@@ -171,6 +173,93 @@ class TrainSchema(Section):
     hydra: Any = ABSENT
 
 
+# ----- the other commands' settings (conf/predict.yaml, serve.yaml, export.yaml, eval.yaml) -----
+Device = Literal["auto", "cpu", "cuda"]
+CHECKPOINT = Field(
+    ABSENT, min_length=1, description="a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt"
+)
+
+
+class GenerateSchema(Section):
+    max_new_tokens: int | None = Field(ABSENT, ge=1)
+    num_beams: int | None = Field(ABSENT, ge=1)
+    do_sample: bool = ABSENT
+    temperature: float = Field(ABSENT, gt=0)
+    top_k: int = Field(ABSENT, ge=0)
+    top_p: float = Field(ABSENT, gt=0, le=1)
+    num_return_sequences: int = Field(ABSENT, ge=1)
+
+
+class PredictSchema(Section):
+    """conf/predict.yaml (lmforge-predict)."""
+
+    ckpt_path: str | None = ABSENT
+    model_dir: str | None = ABSENT
+    text_column: str | None = ABSENT
+    output: str | None = ABSENT
+    output_format: Literal["jsonl", "csv"] = ABSENT
+    device: Device = ABSENT
+    batch_size: int = Field(ABSENT, ge=1)
+    max_length: int | None = Field(ABSENT, ge=1)
+    stride: int | None = Field(ABSENT, ge=0)
+    threshold: float | None = Field(ABSENT, gt=0, lt=1)
+    fill_top_k: int = Field(ABSENT, ge=1)
+    alternatives: int = Field(ABSENT, ge=0)
+    generate: GenerateSchema = ABSENT
+    seed: int = Field(ABSENT, ge=0, le=2**32 - 1)
+    progress_bar: bool = ABSENT
+
+
+class ServerSchema(Section):
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = ABSENT
+    port: int = Field(ABSENT, ge=1024, le=65535)
+    batching: bool = ABSENT
+    max_batch_size: int = Field(ABSENT, ge=1)
+    batch_timeout: float = Field(ABSENT, ge=0)
+    workers: int = Field(ABSENT, ge=1)
+    device: Device = ABSENT
+    timeout: float = Field(ABSENT, gt=0)
+    max_text_chars: int = Field(ABSENT, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = ABSENT
+
+
+class ServeSchema(PredictSchema):
+    """conf/serve.yaml (lmforge-serve): predict's settings and the server's."""
+
+    serve: ServerSchema = ABSENT
+
+
+class ExportSchema(Section):
+    """conf/export.yaml (lmforge-export)."""
+
+    ckpt_path: str = CHECKPOINT
+    format: Literal["hf", "onnx", "torchscript"] = ABSENT
+    output_dir: str | None = ABSENT
+    tolerance: float = Field(ABSENT, ge=0)
+    parity_texts: str | None = ABSENT
+    onnx_opset: int = Field(ABSENT, ge=7)
+
+
+class EvalSchema(Section):
+    """conf/eval.yaml (lmforge-eval)."""
+
+    ckpt_path: str = CHECKPOINT
+    test_file: str | None = ABSENT
+    max_test_samples: int | None = Field(ABSENT, gt=0)
+    batch_size: int | None = Field(ABSENT, gt=0)
+
+
+def check_command_settings(cfg: DictConfig, schema: type[Section]) -> None:
+    """Refuse, in one paragraph, every value of a command's config that does not fit `schema`
+    (the same checks, and the same sentences, as the training config's)."""
+    values = _values(schema, cfg)
+    try:
+        schema.model_validate(values)
+    except ValidationError as err:
+        problems = [_sentence(error, cfg, schema) for error in err.errors()]
+        raise LmforgeError(" ".join(problems)) from None
+
+
 def schema_problems(
     cfg: DictConfig,
     data_schema: type[DataSchema] = DataSchema,
@@ -273,7 +362,10 @@ def _sentence(error: Any, cfg: DictConfig, schema: type[Section]) -> str:
             f"{', '.join(known)}."
         )
     info = _field_at(location, schema)
-    expected = describe(info) if info is not None else error["msg"].lower()
+    if info is not None and info.description:
+        expected = info.description
+    else:
+        expected = describe(info) if info is not None else error["msg"].lower()
     return f"{key} must be {expected}, got {error['input']!r}."
 
 

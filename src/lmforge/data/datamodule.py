@@ -33,6 +33,7 @@ from lmforge.data.sources import (
     load_splits,
     require_source,
 )
+from lmforge.data.splits import SPLITS
 from lmforge.errors import LmforgeError
 from lmforge.tokenization import load_tokenizer
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 # Bump when the cached layout or preprocessing code changes, so old caches are not reused.
 # 2: empty rows dropped before tokenization; meta.json holds the data checks.
 CACHE_FORMAT = 2
-SPLITS = ("train", "validation", "test")
 
 
 def load_tokenizer_for_batching(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -187,8 +187,13 @@ class TextDataModule(pl.LightningDataModule):
         """A last, cached step per split (e.g. fixed masking of evaluation data)."""
         return dataset
 
-    # Config key of the length limit, named in truncation warnings.
-    length_key = "data.max_length"
+    @property
+    def length_key(self) -> str:
+        """Config key of the length limit, named in truncation warnings: the one the family
+        spec declares for this data format."""
+        from lmforge.tasks import length_key_of
+
+        return length_key_of(type(self).__name__)
 
     def check_split(self, split: str, dataset: datasets.Dataset) -> None:
         """Refuse a raw split the task cannot use (missing columns, missing labels)."""

@@ -5,13 +5,10 @@
 - `frozen_probe`: logistic regression on features of the untouched starting backbone, read in
   one no-grad pass: the mean-pooled last hidden state of each text (text classification), the
   hidden state of each labelled subword, i.e. each word's first subword (NER).
-- `lead`: the first k sentences of the source as the output (summarization's classic
-  baseline), k of 1-3 chosen on validation; `copy_source`: the source as the output
-  (translation). Both are scored by the module's own text metrics.
-- `word_overlap`: the answer span with the question's words nearest around it in the context
-  (a sliding-window word-overlap baseline of extractive QA, weighted by distance), its length
-  chosen on validation; `no_answer`: "no answer" to every question (for data with
-  unanswerable questions). Both are scored by the module's own exact match and F1.
+
+A baseline that only one family uses lives in that family's folder and its spec names it
+(`TaskFamily.own_baselines`: summarization's `lead`, QA's `word_overlap`, ...); this module runs
+it like the shared ones and gives it `chosen_on_validation`.
 
 Every logistic regression picks its C on the validation split, never on test. The scores come
 from the task module's own metric objects, so keys and numbers match its `val/...` and
@@ -19,13 +16,12 @@ from the task module's own metric objects, so keys and numbers match its `val/..
 'before' column) is the baseline. scikit-learn is the optional extra `lmforge[baselines]`.
 
 This module imports no torch or scikit-learn at the top, so the config check can read
-`BASELINES` before any heavy import.
+`known_baselines()` before any heavy import.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from lmforge.data.labels import IGNORE_INDEX
+from lmforge.data.splits import EVALUATED, Stage
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.forward import forward_split
 
@@ -45,7 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Name (as in `compare.baselines`) -> what it is, for logs and comparison.md.
+# The baselines several families share: name (as in `compare.baselines`) -> what it is, for
+# logs and comparison.md.
 BASELINES: dict[str, str] = {
     "majority": "majority class: the most frequent training label, for every example",
     "tfidf_logreg": "TF-IDF (word 1-2 grams) + logistic regression, C chosen on validation",
@@ -53,85 +51,11 @@ BASELINES: dict[str, str] = {
         "logistic regression on the frozen starting backbone's last hidden state, C chosen on "
         "validation"
     ),
-    "lead": "the first k sentences of the source as the output, k (1-3) chosen on validation",
-    "copy_source": "the source text itself as the output",
-    "word_overlap": (
-        "the context span with the question's words nearest around it (within 10 words, each "
-        "weighted by 1/distance), span length (words) chosen on validation"
-    ),
-    "no_answer": "no answer to every question",
 }
-# Baselines of generated text: plain string rules, scored by the module's own text metrics.
-TEXT_BASELINES = ("lead", "copy_source")
-# Baselines of extracted answers: string rules over question and context, scored by the module.
-ANSWER_BASELINES = ("word_overlap", "no_answer")
-# Answer lengths (words) the word-overlap baseline tries, and the words it looks at on each side.
-OVERLAP_WIDTHS = (1, 2, 3, 4, 6, 8)
-OVERLAP_WINDOW = 10
-# Words too common to say which part of a context a question is about.
-QUESTION_STOPWORDS = frozenset(
-    {
-        "a",
-        "an",
-        "the",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "for",
-        "by",
-        "with",
-        "from",
-        "and",
-        "or",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "does",
-        "do",
-        "did",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "there",
-        "their",
-        "they",
-        "he",
-        "she",
-        "his",
-        "her",
-        "as",
-        "into",
-        "than",
-    }
-)
-# The numbers of leading sentences the lead baseline tries.
-LEAD_SENTENCES = (1, 2, 3)
+# Of those, the ones that fit a logistic regression.
+NEEDS_SKLEARN = ("tfidf_logreg", "frozen_probe")
 # Regularisation strengths tried for every logistic regression.
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
-# Evaluated splits and their metric-key prefixes (as the task modules log them).
-STAGES = {"validation": "val", "test": "test"}
 SKLEARN_MISSING = (
     "needs scikit-learn, which is not installed: pip install 'lmforge[baselines]' (or set "
     "compare.baselines=[majority])"
@@ -220,6 +144,18 @@ def fit_tfidf_logreg(
     return LogRegFit(make_pipeline(vectorizer, fit.model), fit.c, fit.validation_score)
 
 
+def known_baselines() -> dict[str, str]:
+    """Every baseline lmforge has, shared or a family's own: name -> what it is."""
+    from lmforge.tasks import FAMILIES
+
+    own = {
+        name: baseline.description
+        for family in FAMILIES.values()
+        for name, baseline in family.own_baselines.items()
+    }
+    return {**BASELINES, **own}
+
+
 # ----- running them for a task module -----------------------------------------------------------
 def run_baselines(
     names: Sequence[str],
@@ -233,25 +169,30 @@ def run_baselines(
     Returns, per name, `description`, `metrics` (keys as the task's, e.g. `test/acc`),
     `details` and `seconds`; or `description` and `skipped` (the reason, also logged).
     """
+    from lmforge.tasks.spec import load
+
+    known = known_baselines()
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        if name not in BASELINES:
+        if name not in known:
             raise LmforgeError(
                 f"compare.baselines: unknown baseline {name!r}; expected some of "
-                f"{', '.join(BASELINES)}."
+                f"{', '.join(known)}."
             )
         reason = _skip_reason(name, module)
         if reason:
             log.info("Baseline %s skipped: %s.", name, reason)
-            results[name] = {"description": BASELINES[name], "skipped": reason}
+            results[name] = {"description": known[name], "skipped": reason}
             continue
+        own = module.family.own_baselines.get(name)
+        runner: Runner = load(own.runner) if own else _RUNNERS[name]
         started = time.perf_counter()
-        metrics, details = _RUNNERS[name](module, datamodule, device)
+        metrics, details = runner(module, datamodule, device)
         seconds = round(time.perf_counter() - started, 2)
         shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")}
         log.info("Baseline %s (%.1f s): %s", name, seconds, shown)
         results[name] = {
-            "description": BASELINES[name],
+            "description": known[name],
             "metrics": metrics,
             "details": details,
             "seconds": seconds,
@@ -267,7 +208,7 @@ def _skip_reason(name: str, module: TaskModule) -> str | None:
         return f"does not apply to {family.name} (it takes {', '.join(family.baselines)})"
     if problem := module.baseline_problem(name):
         return problem
-    if name not in ("majority", *TEXT_BASELINES, *ANSWER_BASELINES) and not sklearn_available():
+    if name in NEEDS_SKLEARN and not sklearn_available():
         return SKLEARN_MISSING
     return None
 
@@ -277,7 +218,7 @@ def _majority(module: TaskModule, datamodule: TextDataModule, device: Any) -> tu
 
     label = majority_label(datamodule.splits["train"]["labels"])
     metrics = {}
-    for split, stage in STAGES.items():
+    for split, stage in EVALUATED.items():
         gold = torch.tensor(list(datamodule.splits[split]["labels"]))
         scores = torch.zeros(len(gold), len(module.label_names))  # (examples, labels)
         scores[:, label] = 1.0
@@ -294,7 +235,7 @@ def _tfidf_logreg(module: TaskModule, datamodule: TextDataModule, device: Any) -
     # The families with this baseline have texts for every row.
     fit = fit_tfidf_logreg(cast("dict[str, list[str]]", texts), labels)
     metrics = {}
-    for split, stage in STAGES.items():
+    for split, stage in EVALUATED.items():
         scores = label_scores(fit.model, texts[split], len(module.label_names))
         metrics.update(task_scores(module, stage, [(scores, torch.tensor(labels[split]))]))
     details = {"C": fit.c, "validation_accuracy": round(fit.validation_score, 4)}
@@ -310,7 +251,7 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
     # Per split: per batch (features, gold labels); features of labelled positions only.
     read = {
         split: forward_split(module, datamodule, split, lambda b: step(backbone, b), device)
-        for split in ("train", *STAGES)
+        for split in ("train", *EVALUATED)
     }
 
     def flat(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +288,7 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
         val_score=validation_score,
     )
     metrics = {}
-    for split, stage in STAGES.items():
+    for split, stage in EVALUATED.items():
         metrics.update(task_scores(module, stage, scored(fit.model, split)))
     details = {
         "features": (
@@ -364,132 +305,31 @@ def _frozen_probe(module: TaskModule, datamodule: TextDataModule, device: Any) -
     return metrics, details
 
 
-def lead_sentences(text: str, count: int) -> str:
-    """The first `count` sentences of a text (a sentence ends at . ! or ? and a space)."""
-    parts = re.split(r"(?<=[.!?])\s+", text.strip())
-    return " ".join(parts[:count])
-
-
-def _text_baseline(
-    module: TaskModule,
-    datamodule: TextDataModule,
-    output: Callable[[str, int], str],
-    choices: Sequence[int] = (1,),
-) -> tuple[dict, dict]:
-    """Score `output(source, k)` against the targets with the module's text metrics; k is
-    chosen on validation by the family's primary metric where `output` uses it."""
-    texts: Any = datamodule
-    splits = {split: texts.texts(split) for split in STAGES}
-
-    def scores(split: str, k: int) -> dict[str, float]:
-        pairs = list(splits[split].values())
-        predictions = [output(source, k) for source, _ in pairs]
-        scorer: Any = module  # a family with text baselines scores text (`text_scores`)
-        return dict(scorer.text_scores(predictions, [target for _, target in pairs]))
-
-    return _chosen_on_validation(module, scores, choices, "k")
-
-
-def _chosen_on_validation(
-    module: TaskModule,
+def chosen_on_validation(
+    primary: str,
     scores: Callable[[str, int], dict[str, float]],
     choices: Sequence[int],
     name: str,
 ) -> tuple[dict, dict]:
-    """A rule's scores on validation and test, with its setting (`name`) chosen among
-    `choices` by the family's primary metric on validation."""
-    primary = module.family.primary_metric
+    """A rule's scores on validation and test (`scores(split, setting)`), with its setting
+    (`name`) chosen among `choices` by the family's `primary` metric on validation."""
     tried = {k: scores("validation", k)[primary] for k in choices}
     best = max(tried, key=lambda k: tried[k])
     metrics = {
         f"{stage}/{metric}": value
-        for split, stage in STAGES.items()
+        for split, stage in EVALUATED.items()
         for metric, value in scores(split, best).items()
     }
     details = {name: best, f"validation_{primary}_by_{name}": tried} if len(choices) > 1 else {}
     return metrics, details
 
 
-def _lead(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
-    return _text_baseline(module, datamodule, lead_sentences, LEAD_SENTENCES)
-
-
-def _copy_source(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
-    return _text_baseline(module, datamodule, lambda source, k: source)
-
-
-def _word(token: str) -> str:
-    return re.sub(r"\W+", "", token.lower())
-
-
-def word_overlap_answer(question: str, context: str, width: int) -> str:
-    """The span of `width` context words nearest to the question's words: each question word
-    (content words only) found within `OVERLAP_WINDOW` words on either side adds 1 / its
-    distance in words (its nearest occurrence). A span holds no question word and neither
-    starts nor ends with a common word; the earliest span wins a tie; outer punctuation is
-    trimmed."""
-    asked = {_word(t) for t in question.split()} - QUESTION_STOPWORDS - {""}
-    tokens = [(m.start(), m.end(), _word(m.group())) for m in re.finditer(r"\S+", context)]
-    best, best_score = None, -1.0
-    for i in range(max(len(tokens) - width + 1, 0)):
-        span = tokens[i : i + width]
-        words = [word for _, _, word in span]
-        if any(w in asked for w in words) or not words[0] or not words[-1]:
-            continue
-        if words[0] in QUESTION_STOPWORDS or words[-1] in QUESTION_STOPWORDS:
-            continue
-        nearest: dict[str, float] = {}
-        last = i + width - 1
-        for p in range(max(i - OVERLAP_WINDOW, 0), min(last + OVERLAP_WINDOW + 1, len(tokens))):
-            word = tokens[p][2]
-            if word in asked and not i <= p <= last:
-                weight = 1 / (i - p if p < i else p - last)
-                nearest[word] = max(nearest.get(word, 0.0), weight)
-        score = sum(nearest.values())
-        if score > best_score:
-            best, best_score = (span[0][0], span[-1][1]), score
-    if best is None:
-        return ""
-    return context[best[0] : best[1]].strip(".,;:!?()[]\"'")
-
-
-def _answer_baseline(
-    module: TaskModule,
-    datamodule: TextDataModule,
-    answer: Callable[[str, str, int], str],
-    choices: Sequence[int] = (1,),
-) -> tuple[dict, dict]:
-    """Score `answer(question, context, k)` with the module's exact match and F1; k chosen on
-    validation by the family's primary metric where `answer` uses it."""
-    source: Any = datamodule  # a family with answer baselines reads questions (`examples`)
-    scorer: Any = module  # ... and scores answers (`answer_scores`)
-    examples = {split: source.examples(split) for split in STAGES}
-
-    def scores(split: str, k: int) -> dict[str, float]:
-        answers = {
-            row: answer(e["question"], e["context"], k) for row, e in examples[split].items()
-        }
-        return dict(scorer.answer_scores(answers, examples[split]))
-
-    return _chosen_on_validation(module, scores, choices, "words")
-
-
-def _word_overlap(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
-    return _answer_baseline(module, datamodule, word_overlap_answer, OVERLAP_WIDTHS)
-
-
-def _no_answer(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
-    return _answer_baseline(module, datamodule, lambda question, context, k: "")
-
-
-_RUNNERS = {
+# A baseline: (module, datamodule, device) -> (metrics keyed as the task logs them, details).
+Runner = Callable[["TaskModule", "TextDataModule", Any], tuple[dict, dict]]
+_RUNNERS: dict[str, Runner] = {
     "majority": _majority,
     "tfidf_logreg": _tfidf_logreg,
     "frozen_probe": _frozen_probe,
-    "lead": _lead,
-    "copy_source": _copy_source,
-    "word_overlap": _word_overlap,
-    "no_answer": _no_answer,
 }
 
 
@@ -543,11 +383,11 @@ def label_scores(model: Any, x: Any, num_labels: int) -> torch.Tensor:
 
 
 def task_scores(
-    module: TaskModule, stage: str, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    module: TaskModule, stage: Stage, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> dict[str, float]:
     """Score (label scores, gold labels) batches with a fresh set of the task's own metrics;
     keys `<stage>/<name>` as the task logs them."""
     metrics = module.configure_metrics("test")
     for scores, gold in batches:
-        module.update_metrics(metrics, scores, {"labels": gold})
-    return {f"{stage}/{k}": float(v) for k, v in module.compute_metrics(metrics).items()}
+        module.update_metrics(stage, metrics, scores, {"labels": gold})
+    return {f"{stage}/{k}": float(v) for k, v in module.compute_metrics(stage, metrics).items()}

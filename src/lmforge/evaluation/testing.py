@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lmforge.evaluation.comparison import describe_start, predict_labels, run_test_with_predictions
+from lmforge.runtime.record import BestValidation
 from lmforge.runtime.rundir import BEFORE_FILE, write_json
 from lmforge.runtime.trainer import RunTrainer, scalar, single_process_trainer
 
@@ -69,7 +70,7 @@ def evaluate_best(
     return {"validation": validation, "test": test}, predicted
 
 
-def best_validation(cfg: DictConfig, run: RunTrainer) -> dict[str, Any] | None:
+def best_validation(cfg: DictConfig, run: RunTrainer) -> BestValidation | None:
     """The best validation score of the optimized metric and the checkpoint that holds it."""
     callback = run.trainer.checkpoint_callback
     score = getattr(callback, "best_model_score", None) if callback else None

@@ -24,6 +24,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.data.sources import file_fingerprint
+from lmforge.data.splits import SPLITS
 from lmforge.runtime.packages import installed_versions
 from lmforge.runtime.rundir import write_json
 
@@ -48,7 +49,6 @@ PACKAGES = (
     "omegaconf",
     "scikit-learn",
 )
-DATA_SPLITS = ("train", "validation", "test")
 GIT_TIMEOUT_SECONDS = 5
 
 
@@ -138,7 +138,7 @@ def _data_record(cfg: DictConfig, fingerprints: dict[str, str]) -> dict[str, Any
             "fingerprints": dict(fingerprints),
         }
     files: dict[str, Any] = {}
-    for split in DATA_SPLITS:
+    for split in SPLITS:
         path = data.get(f"{split}_file")
         if not path:
             continue

@@ -13,7 +13,7 @@ import pkgutil
 from omegaconf import DictConfig, open_dict
 
 from lmforge.errors import LmforgeError
-from lmforge.tasks.spec import TaskFamily, class_name
+from lmforge.tasks.spec import DataFormat, TaskFamily, class_name
 
 
 def _discover() -> dict[str, TaskFamily]:
@@ -53,12 +53,7 @@ def family_of_module(target: object) -> TaskFamily | None:
 
 def families_of_datamodule(target: object) -> list[TaskFamily]:
     """The families that read data with the datamodule `target` names."""
-    name = class_name(target)
-    return [
-        f
-        for f in FAMILIES.values()
-        if name in {class_name(d) for d in (f.datamodule, *f.other_datamodules)}
-    ]
+    return [f for f in FAMILIES.values() if f.data_format(target) is not None]
 
 
 def family_of_architectures(architectures: list[str] | None) -> TaskFamily | None:
@@ -68,6 +63,14 @@ def family_of_architectures(architectures: list[str] | None) -> TaskFamily | Non
             if architecture.endswith(family.architecture_suffixes):
                 return family
     return None
+
+
+def length_key_of(datamodule: object) -> str:
+    """The data config key that caps the sequence length of the format `datamodule` reads."""
+    for family in FAMILIES.values():
+        if (found := family.data_format(datamodule)) is not None:
+            return found.length_key
+    return DataFormat.length_key
 
 
 def upgrade_targets(cfg: DictConfig) -> DictConfig:
@@ -94,5 +97,6 @@ __all__ = [
     "family_named",
     "family_of_architectures",
     "family_of_module",
+    "length_key_of",
     "upgrade_targets",
 ]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
+from lmforge.data.splits import Stage
 from lmforge.errors import LmforgeError
 from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
 from lmforge.strategies import FinetuneStrategy, Full
@@ -25,9 +26,9 @@ from lmforge.tasks.spec import TaskFamily
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
-log = logging.getLogger(__name__)
+    from lmforge.data.datamodule import TextDataModule
 
-STAGES = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def sample_cap(value: int | None) -> int | None:
@@ -153,11 +154,11 @@ class TaskModule(pl.LightningModule):
         """The metric objects of one stage (a separate set per stage)."""
         return nn.ModuleDict()
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
-        """Feed one batch's outputs to the stage's metrics."""
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
+        """Feed one batch's outputs to the metrics of `stage` (`metrics`: its metric set)."""
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
-        """Compute (and reset) the stage's metrics; keys without the stage prefix."""
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
+        """Compute (and reset) the metrics of `stage`; keys without the stage prefix."""
         return {}
 
     def predicted_labels(self, outputs: Any) -> list[Any] | None:
@@ -418,6 +419,18 @@ class TaskModule(pl.LightningModule):
     def forward(self, **inputs: torch.Tensor) -> Any:
         return self.model(**inputs)
 
+    def setup(self, stage: str) -> None:
+        # Lightning gives the trainer the loop's datamodule (None for bare dataloaders).
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.attach_data(datamodule)
+
+    def attach_data(self, datamodule: TextDataModule) -> None:
+        """Hook: the datamodule a trainer loop (fit, validate, test) runs this module on, told
+        when the loop sets up. A family whose metrics need more of a split than its batches
+        (reference texts, contexts, a reference model's log-probabilities) keeps what it
+        needs here; the shared base needs nothing."""
+
     def on_fit_start(self) -> None:
         if self.finetune.pending_parameters() and self.trainer.world_size > 1:
             # DDP registers its gradient hooks once, on the parameters trainable at the start.
@@ -449,9 +462,9 @@ class TaskModule(pl.LightningModule):
         )
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> Any:
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: Stage) -> Any:
         loss, outputs = self.forward_loss(batch)
-        self.update_metrics(self.stage_metrics(stage), outputs, batch)
+        self.update_metrics(stage, self.stage_metrics(stage), outputs, batch)
         self.log(
             f"{stage}/loss",
             loss,
@@ -463,8 +476,8 @@ class TaskModule(pl.LightningModule):
         )
         return outputs
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        values = self.compute_metrics(self.stage_metrics(stage))
+    def _log_epoch_metrics(self, stage: Stage) -> None:
+        values = self.compute_metrics(stage, self.stage_metrics(stage))
         # torchmetrics already reduced the values across processes.
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
 

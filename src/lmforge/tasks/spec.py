@@ -16,15 +16,43 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class DataFormat:
+    """One data format a family trains on.
+
+    Attributes:
+        datamodule: dotted path of the LightningDataModule class that reads it.
+        length_key: the data config key that caps its sequence length, in tokens
+            (`data.max_length`, `data.block_size`): the position check and the truncation
+            report read it, for every format alike.
+    """
+
+    datamodule: str
+    length_key: str = "data.max_length"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline that only one family uses, kept in that family's folder.
+
+    Attributes:
+        runner: dotted path of its function `(module, datamodule, device) -> (metrics keyed as
+            the task logs them, details)`.
+        description: what it is, for logs and comparison.md.
+    """
+
+    runner: str
+    description: str
+
+
+@dataclass(frozen=True)
 class TaskFamily:
     """One task family.
 
     Attributes:
         name: recorded in checkpoints, metrics.json and lmforge.json (`text_classification`).
         module: dotted path of its LightningModule class.
-        datamodule: dotted path of its LightningDataModule class.
-        other_datamodules: dotted paths of the datamodules of its other data formats
-            (instructions and chats for causal LMs), trained by the same module.
+        data_formats: the data formats it trains on, its main one first (causal LMs: plain
+            text, then instructions and chats), each with its datamodule and length key.
         predictor: dotted path of its predictor class (`lmforge-predict`, sample predictions).
         auto_class: the transformers Auto class of its models.
         pipeline_tag: the Hub task tag of its models (and the transformers `pipeline` task
@@ -45,11 +73,14 @@ class TaskFamily:
         only_when: metric -> boolean config key that must be true for it to be logged.
         lower_is_better: metric names that improve downwards (losses, perplexity).
         primary_metric: the metric that ranks runs and picks a probe baseline's C.
+        optimized_metric: the metric a run optimizes (best checkpoint, early stopping, sweeps)
+            unless the config sets one; empty: `primary_metric`.
         label_unit: what carries one label: an `example` (classification) or a `token`
             (tagging); empty where there are no labels (language modelling).
-        baselines: the names of `lmforge.evaluation.baselines` that apply.
+        baselines: the names of the baselines that apply: shared ones
+            (`lmforge.evaluation.baselines.BASELINES`) and its own.
+        own_baselines: the baselines only this family uses: name -> `Baseline`.
         baseline_note: what serves as the baseline where no baseline applies.
-        length_key: the data config key of the sequence length (`data.max_length`).
         token_type_ids: whether its models take token type ids (language models do not).
         export_outputs: the model outputs an export returns and checks, in order.
         export_formats: the `lmforge-export` formats its models can take.
@@ -65,23 +96,23 @@ class TaskFamily:
 
     name: str
     module: str
-    datamodule: str
+    data_formats: tuple[DataFormat, ...]
     predictor: str
     auto_class: str
     pipeline_tag: str
     architecture_suffixes: tuple[str, ...]
     metrics: tuple[str, ...]
-    other_datamodules: tuple[str, ...] = ()
     peft_task_type: str | None = None
     peft_task_wrapper: bool = False
     prompt_learning: bool = False
     only_when: Mapping[str, str] = field(default_factory=dict)
     lower_is_better: tuple[str, ...] = ("loss",)
     primary_metric: str = "loss"
+    optimized_metric: str = ""
     label_unit: str = ""
     baselines: tuple[str, ...] = ()
+    own_baselines: Mapping[str, Baseline] = field(default_factory=dict)
     baseline_note: str = ""
-    length_key: str = "data.max_length"
     token_type_ids: bool = True
     export_outputs: tuple[str, ...] = ("logits",)
     export_formats: tuple[str, ...] = ("hf", "onnx", "torchscript")
@@ -93,6 +124,20 @@ class TaskFamily:
     model_schema: Any = None
     experiment: str = ""
     example_inputs: tuple[Any, ...] = ()
+
+    @property
+    def datamodule(self) -> str:
+        """Dotted path of the datamodule of its main data format."""
+        return self.data_formats[0].datamodule
+
+    def __post_init__(self) -> None:
+        if not self.optimized_metric:
+            object.__setattr__(self, "optimized_metric", self.primary_metric)
+
+    def data_format(self, datamodule: object) -> DataFormat | None:
+        """The format whose datamodule `datamodule` names (a `_target_` or a class name)."""
+        name = class_name(datamodule)
+        return next((f for f in self.data_formats if class_name(f.datamodule) == name), None)
 
     # ----- classes, loaded on demand -------------------------------------------------------------
     def module_class(self) -> Any:

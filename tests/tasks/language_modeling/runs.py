@@ -11,7 +11,7 @@ from omegaconf import open_dict
 
 from lmforge.config.resources import embedded_model_path
 from lmforge.train import train
-from tests.conftest import TINY_GPT2, compose_config
+from tests.helpers import TINY_GPT2, compose_config
 
 # A 2-layer GPT-2, short sequences, a few examples, one quiet float32 epoch.
 TINY_LM_RUN = [

@@ -17,7 +17,7 @@ from lmforge.tasks.language_modeling import predict as causal_predict
 from lmforge.tasks.language_modeling.chat import encode_spans, render
 from lmforge.tasks.language_modeling.instructions import InstructionDataModule
 from lmforge.validation import check_config
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 from tests.tasks.language_modeling.runs import one_file_datamodule, tiny_run, write_jsonl
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}

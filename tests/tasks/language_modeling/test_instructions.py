@@ -17,7 +17,7 @@ from lmforge.export import export
 from lmforge.predict import predict
 from lmforge.tasks.language_modeling.chat import encode_spans, marked_text, render
 from lmforge.tasks.language_modeling.instructions import InstructionDataModule
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 from tests.tasks.language_modeling.runs import one_file_datamodule, tiny_run
 
 BPE_TOKENIZER = shipped_data("debian_translations/tokenizer")

@@ -21,7 +21,7 @@ from lmforge.tasks.language_modeling.data import (
 )
 from lmforge.tasks.language_modeling.metrics import TokenLoss
 from lmforge.train import train
-from tests.conftest import TINY_GPT2
+from tests.helpers import TINY_GPT2
 
 
 def test_group_blocks_concatenates_and_drops_the_remainder():

@@ -71,18 +71,46 @@ def test_chosen_and_rejected_share_the_prompt_tokens_and_train_only_the_answers(
 
 
 def test_conversation_pairs_must_differ_only_in_their_last_answer(tmp_path):
-    def chat(answer: str, question: str = "What is vim for?") -> list[dict]:
-        return [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer},
-        ]
-
     rows = [{"chosen": chat("Editing text."), "rejected": chat("Playing music.")}]
     datamodule = _datamodule(tmp_path / "ok", rows, prompt_column="none")
     assert len(datamodule.splits["train"]) == 1
     bad = [{"chosen": chat("Editing text."), "rejected": chat("Playing music.", "Other?")}]
     with pytest.raises(LmforgeError, match="row 1: the chosen and rejected conversations differ"):
         _datamodule(tmp_path / "bad", bad, prompt_column="none")
+
+
+def test_pairs_with_the_same_answer_on_both_sides_are_dropped_and_named(tmp_path):
+    same = {"prompt": "What is less for?", "chosen": "Paging text.", "rejected": " Paging  text. "}
+    datamodule = _datamodule(tmp_path / "drop", [PAIRS[0], same, PAIRS[1]])
+    assert len(datamodule.splits["train"]) == 2
+    dropped = datamodule.data_report["splits"]["train"]["dropped_empty"]
+    assert (dropped["count"], dropped["rows"]) == (1, [2])
+    assert "the same 'chosen' and 'rejected' answer" in dropped["what"]
+    with pytest.raises(
+        LmforgeError, match=r"1 row\(s\) with .*the same 'chosen' and 'rejected'.*row\(s\) 2"
+    ):
+        _datamodule(tmp_path / "refuse", [PAIRS[0], same, PAIRS[1]], drop_empty=False)
+
+
+def chat(answer: str, question: str = "What is vim for?") -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def test_a_prompt_beside_whole_conversations_reads_their_last_answers(tmp_path):
+    """The layout of ultrafeedback_binarized: a prompt string, chosen and rejected as whole
+    conversations that repeat it."""
+    rows = [
+        {"prompt": "What is vim for?", "chosen": chat("Editing text."), "rejected": chat("Music.")}
+    ]
+    datamodule = _datamodule(tmp_path / "ok", rows)
+    pair = datamodule.splits["train"][0]
+    answer = [t for t in pair["chosen_labels"] if t != IGNORE_INDEX]
+    assert datamodule.tokenizer.decode(answer) == "editing text. [SEP]"
+    rendered = datamodule.tokenizer.decode(pair["chosen_input_ids"])
+    assert "role" not in rendered and "what is vim for?" in rendered  # not a Python repr
+    other = [{"prompt": "What is mutt for?", "chosen": chat("Mail."), "rejected": chat("Maps.")}]
+    with pytest.raises(LmforgeError, match="must ask that prompt in its last user turn"):
+        _datamodule(tmp_path / "bad", other)
 
 
 def test_a_missing_rejected_column_is_named(tmp_path):

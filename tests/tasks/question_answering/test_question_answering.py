@@ -15,10 +15,10 @@ import torch
 from omegaconf import open_dict
 
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.baselines import word_overlap_answer
 from lmforge.export import export
 from lmforge.predict import predict
 from lmforge.runtime.checkpoints import read_checkpoint
+from lmforge.tasks.question_answering.baselines import word_overlap_answer
 from lmforge.tasks.question_answering.data import (
     QuestionAnsweringDataModule,
     WindowCollator,
@@ -34,7 +34,7 @@ from lmforge.tasks.question_answering.metrics import (
 )
 from lmforge.tasks.question_answering.spans import Span, WindowSpans, best_answer, window_spans
 from lmforge.train import train
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 LANGUAGES = ["Python", "Perl", "Rust", "Haskell"]
 THINGS = ["images", "music", "mail", "maps", "fonts"]

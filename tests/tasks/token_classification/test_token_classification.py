@@ -17,7 +17,7 @@ from lmforge.tasks.token_classification.data import (
 from lmforge.tasks.token_classification.metrics import EntityScores
 from lmforge.tasks.token_classification.module import entity_spans
 from lmforge.train import train
-from tests.conftest import make_conll_sentences, write_conll
+from tests.helpers import make_conll_sentences, write_conll
 
 
 def test_read_conll_skips_docstart_and_blank_runs(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
-from lmforge.tasks.spec import TaskFamily
+from lmforge.tasks.spec import DataFormat, TaskFamily
 
 
 class LanguageModelingData(DataSchema):
@@ -42,15 +42,14 @@ class LanguageModelingModel(ModelSchema):
     loss: Literal["dpo", "ipo"] = ABSENT
 
 
+PLAIN_TEXT = "lmforge.tasks.language_modeling.data.LanguageModelingDataModule"
 _SHARED: dict[str, Any] = {
-    "datamodule": "lmforge.tasks.language_modeling.data.LanguageModelingDataModule",
     "lower_is_better": ("loss", "perplexity"),
     "primary_metric": "perplexity",
     "baseline_note": (
         "For language modelling the untouched pretrained model, the 'before' column, is the "
         "baseline."
     ),
-    "length_key": "data.block_size",
     # Language models train on ids and mask; a WordPiece tokenizer's token type ids would
     # add an embedding a GPT-2 never saw.
     "token_type_ids": False,
@@ -63,7 +62,11 @@ FAMILIES = (
         name="causal_lm",
         module="lmforge.tasks.language_modeling.module.CausalLMModule",
         predictor="lmforge.tasks.language_modeling.predict.CausalLMPredictor",
-        other_datamodules=("lmforge.tasks.language_modeling.instructions.InstructionDataModule",),
+        # Plain text in blocks of data.block_size; instructions and chats up to data.max_length.
+        data_formats=(
+            DataFormat(PLAIN_TEXT, length_key="data.block_size"),
+            DataFormat("lmforge.tasks.language_modeling.instructions.InstructionDataModule"),
+        ),
         auto_class="AutoModelForCausalLM",
         pipeline_tag="text-generation",
         architecture_suffixes=("ForCausalLM", "LMHeadModel"),
@@ -97,13 +100,14 @@ FAMILIES = (
             "The starting model (the 'before' column, also the reference of the loss) is the "
             "baseline: its preference accuracy is what tuning has to raise."
         ),
-        length_key="data.max_length",
         token_type_ids=False,
         data_schema=LanguageModelingData,
         model_schema=LanguageModelingModel,
         experiment="debian_dpo_gpt2",
         example_inputs=("What is vim for?",),
-        datamodule="lmforge.tasks.language_modeling.preferences.PreferenceDataModule",
+        data_formats=(
+            DataFormat("lmforge.tasks.language_modeling.preferences.PreferenceDataModule"),
+        ),
     ),
     TaskFamily(
         name="masked_lm",
@@ -113,6 +117,7 @@ FAMILIES = (
         pipeline_tag="fill-mask",
         architecture_suffixes=("ForMaskedLM",),
         metrics=("loss", "perplexity", "masked_acc"),
+        data_formats=(DataFormat(PLAIN_TEXT, length_key="data.block_size"),),
         experiment="debian_mlm_minilm",
         example_inputs=("This package provides a [MASK] for the terminal.",),
         **_SHARED,

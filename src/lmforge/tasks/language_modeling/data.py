@@ -184,9 +184,6 @@ class LanguageModelingDataModule(TextDataModule):
             )
         return dataset
 
-    # Blocks are the sequence length here.
-    length_key = "data.block_size"
-
     def check_split(self, split: str, dataset: datasets.Dataset) -> None:
         require_columns(dataset, {"text_column": self.text_column}, split, self.source_of(split))
 

@@ -11,10 +11,14 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lmforge.data.datamodule import TextDataModule
 from lmforge.data.labels import IGNORE_INDEX
+from lmforge.data.splits import Stage
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.answers import GeneratedTexts, answer_scores, exact_match, token_f1
+from lmforge.loggers import publish_text_samples
 from lmforge.tasks.base import TaskModule, sample_cap
+from lmforge.tasks.language_modeling.instructions import InstructionDataModule
 from lmforge.tasks.language_modeling.metrics import TokenLoss
 
 log = logging.getLogger(__name__)
@@ -96,10 +100,10 @@ class LanguageModelingModule(TaskModule):
             return nn.ModuleDict()
         return nn.ModuleDict({"tokens": TokenLoss()})
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
         metrics["tokens"].update(outputs["loss"], self.predicted_tokens(batch["labels"]))
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
         values = {"perplexity": metrics["tokens"].compute()["perplexity"]}
         for name, metric in metrics.items():
             if not isinstance(metric, Metric):
@@ -156,6 +160,8 @@ class CausalLMModule(LanguageModelingModule):
         self.max_generate_samples = sample_cap(max_generate_samples)
         self.answer_max_new_tokens = answer_max_new_tokens
         self.last_test_records: list[dict[str, Any]] | None = None
+        # Whether the datamodule of the loop packs several examples per sequence.
+        self._packed = False
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
@@ -167,10 +173,12 @@ class CausalLMModule(LanguageModelingModule):
             labels[:, 1:] != IGNORE_INDEX
         ).sum()  # the model shifts: the first token is no target
 
+    def attach_data(self, datamodule: TextDataModule) -> None:
+        self._packed = isinstance(datamodule, InstructionDataModule) and datamodule.packing
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        datamodule: Any = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "packing", False):
+        if self._packed:
             from lmforge.tasks.language_modeling.instructions import packing_leak
 
             leak = packing_leak(self.model, self.forward_options)
@@ -191,13 +199,13 @@ class CausalLMModule(LanguageModelingModule):
             metrics["answers"] = GeneratedTexts()
         return metrics
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
-        super().update_metrics(metrics, outputs, batch)
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
+        super().update_metrics(stage, metrics, outputs, batch)
         spans = batch.get("answer_span")
         if spans is None or self.trainer.sanity_checking:
             return
         gathered: GeneratedTexts = metrics["answers"]
-        cap = self.max_generate_samples if metrics is not self.test_metrics else None
+        cap = self.max_generate_samples if stage != "test" else None
         # Validation scores the first `cap` examples of its split (by row, whatever order the
         # length-grouped batches come in): the same ones every epoch.
         rows = [
@@ -257,15 +265,15 @@ class CausalLMModule(LanguageModelingModule):
             [text(r) for r in references],
         )
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
-        values = super().compute_metrics(metrics)
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
+        values = super().compute_metrics(stage, metrics)
         if "answers" not in metrics or not len(metrics["answers"]):
             return values
         gathered: GeneratedTexts = metrics["answers"]
         scores = answer_scores(gathered.predictions, gathered.references)
         values["answer_exact_match"] = torch.tensor(scores["exact_match"])
         values["answer_f1"] = torch.tensor(scores["f1"])
-        if metrics is self.test_metrics:
+        if stage == "test":
             self.last_test_records = [
                 {
                     "prompt": prompt,
@@ -311,16 +319,9 @@ class CausalLMModule(LanguageModelingModule):
         step = self.global_step
         for prompt, text in zip(self.generate_prompts, texts, strict=True):
             log.info("Sample at step %d: %r -> %r", step, prompt, text)
-        for logger in self.loggers:
-            if hasattr(logger, "log_text"):  # W&B
-                logger.log_text(
-                    key="val/samples",
-                    columns=["step", "prompt", "text"],
-                    data=[[step, p, t] for p, t in zip(self.generate_prompts, texts, strict=True)],
-                )
-            elif hasattr(getattr(logger, "experiment", None), "add_text"):  # TensorBoard
-                for i, text in enumerate(texts):
-                    cast(Any, logger).experiment.add_text(f"val/sample_{i}", text, step)
+        publish_text_samples(
+            self.loggers, "val/samples", step, list(zip(self.generate_prompts, texts, strict=True))
+        )
 
 
 class MaskedLMModule(LanguageModelingModule):
@@ -343,8 +344,8 @@ class MaskedLMModule(LanguageModelingModule):
             )
         return metrics
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
-        super().update_metrics(metrics, outputs, batch)
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
+        super().update_metrics(stage, metrics, outputs, batch)
         labels = batch["labels"]
         keep = labels != IGNORE_INDEX
         metrics["masked_acc"].update(outputs["logits"].argmax(dim=-1)[keep], labels[keep])
@@ -384,6 +385,8 @@ class PreferenceModule(CausalLMModule):
             raise LmforgeError(f"model.beta must be above 0, got {beta!r}.")
         # Split -> (pairs, 2) reference log-probabilities of chosen and rejected, by row.
         self.reference: dict[str, torch.Tensor] = {}
+        # The pairs of the loop's datamodule, whose reference log-probabilities are computed.
+        self._pairs: TextDataModule | None = None
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
 
     def batch_size_of(self, batch: dict[str, torch.Tensor]) -> int:  # type: ignore[override]
@@ -399,7 +402,7 @@ class PreferenceModule(CausalLMModule):
         return "validation"
 
     @torch.no_grad()
-    def compute_reference(self, datamodule: Any) -> None:
+    def compute_reference(self, datamodule: TextDataModule) -> None:
         """The starting model's log-probabilities of every pair of every split (once)."""
         present = [s for s in ("train", "validation", "test") if s in datamodule.splits]
         for split in present:
@@ -450,10 +453,13 @@ class PreferenceModule(CausalLMModule):
         finally:
             model.train(was_training)
 
+    def attach_data(self, datamodule: TextDataModule) -> None:
+        super().attach_data(datamodule)
+        self._pairs = datamodule
+
     def _ensure_reference(self) -> None:
-        datamodule: Any = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            self.compute_reference(datamodule)
+        if self._pairs is not None:
+            self.compute_reference(self._pairs)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -516,11 +522,11 @@ class PreferenceModule(CausalLMModule):
         names = ("pref_acc", "reward_acc", "reward_margin", "logp_chosen", "logp_rejected")
         return nn.ModuleDict({name: MeanMetric() for name in names})
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
         for name, metric in metrics.items():
             metric.update(outputs[name])
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
         values = {}
         for name, metric in metrics.items():
             values[name] = metric.compute()

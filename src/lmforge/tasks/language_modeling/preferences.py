@@ -57,14 +57,24 @@ def preference_loss(
     return -F.logsigmoid(beta * h)
 
 
+def _same_answer(chosen: Any, rejected: Any) -> bool:
+    """Whether two answers (strings, or conversations ending in the answer) are the same, up to
+    runs of whitespace."""
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        return chosen.split() == rejected.split()
+    return chosen == rejected
+
+
 class PreferenceDataModule(InstructionDataModule):
     """Prompt + chosen + rejected answers, tokenized as two sequences sharing the prompt.
 
     Args:
         prompt_column, chosen_column, rejected_column: the columns. A prompt string becomes a
             user turn (after `system_prompt`, if set); chosen/rejected strings become the
-            assistant's answer. Without a prompt column, chosen and rejected hold whole
-            conversations (role/content lists) that differ only in their last assistant turn.
+            assistant's answer. Chosen and rejected may also hold whole conversations
+            (role/content lists) that differ only in their last assistant turn; beside a
+            prompt column, their last user turn must be that prompt. Pairs whose two answers
+            are the same are dropped and counted (refused with `data.drop_empty=false`).
     The other options are those of `InstructionDataModule` (template, max_length, ...).
     """
 
@@ -95,18 +105,25 @@ class PreferenceDataModule(InstructionDataModule):
         return {"chosen_column": self.chosen_column, "rejected_column": self.rejected_column}
 
     def _has_prompt(self, dataset: datasets.Dataset) -> bool:
-        return self.prompt_column in dataset.column_names
+        return bool(self.prompt_column) and self.prompt_column in dataset.column_names
 
     def empty_rows(self, split: str, dataset: datasets.Dataset) -> tuple[list[int], str]:
         columns = [self.chosen_column, self.rejected_column]
         if self._has_prompt(dataset):
             columns.append(self.prompt_column)
+        values = {c: dataset[c] for c in columns}
+        chosen, rejected = values[self.chosen_column], values[self.rejected_column]
         empty = [
             i
             for i in range(len(dataset))
-            if any(not dataset[c][i] or not str(dataset[c][i]).strip() for c in columns)
+            if any(not values[c][i] or not str(values[c][i]).strip() for c in columns)
+            # The same answer on both sides gives no gradient and no preference to learn.
+            or _same_answer(chosen[i], rejected[i])
         ]
-        return empty, f"an empty {' / '.join(map(repr, columns))}"
+        return empty, (
+            f"an empty {' / '.join(map(repr, columns))}, or the same {self.chosen_column!r} and "
+            f"{self.rejected_column!r} answer (nothing to prefer)"
+        )
 
     def row_texts(self, dataset: datasets.Dataset) -> list[str]:
         return [str(pair[0]) for pair in dataset["example"]]
@@ -124,13 +141,15 @@ class PreferenceDataModule(InstructionDataModule):
                 sides = []
                 for column in (self.chosen_column, self.rejected_column):
                     value = dataset[column][row]
-                    if prompts is not None:
+                    if prompts is not None and isinstance(value, str):
                         messages = [
                             {"role": "user", "content": str(prompts[row])},
-                            {"role": "assistant", "content": str(value)},
+                            {"role": "assistant", "content": value},
                         ]
                     else:
                         messages = as_messages(value, f"{where}, {column!r}", column, False)
+                        if prompts is not None:
+                            self._check_prompt(messages, str(prompts[row]), f"{where}, {column!r}")
                     if self.system_prompt and messages[0]["role"] != "system":
                         messages = [{"role": "system", "content": self.system_prompt}, *messages]
                     if messages[-1]["role"] != "assistant":
@@ -148,6 +167,20 @@ class PreferenceDataModule(InstructionDataModule):
                 pairs.append(sides)
             encoded[split] = datasets.Dataset.from_dict({"example": pairs})
         return datasets.DatasetDict(encoded), {"format": "preferences"}
+
+    def _check_prompt(self, messages: list[dict[str, str]], prompt: str, where: str) -> None:
+        """A conversation given beside a prompt column (the layout of ultrafeedback_binarized)
+        must ask that prompt in the user turn before its answer."""
+        asked = [m["content"] for m in messages[:-1] if m["role"] == "user"]
+        if not asked or " ".join(asked[-1].split()) != " ".join(prompt.split()):
+            found = repr(asked[-1][:80]) if asked else "no user turn"
+            raise LmforgeError(
+                f"{where}: with a {self.prompt_column!r} column, a conversation in "
+                f"{self.chosen_column!r}/{self.rejected_column!r} must ask that prompt in its "
+                f"last user turn before the answer; found {found}, expected "
+                f"{prompt[:80]!r}. Give the answers as strings beside the prompt, or read the "
+                "whole conversations alone with data.prompt_column=null."
+            )
 
     def _side(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int], int]:
         """One side's tokens, its labels (the last answer and its EOS) and the prompt length."""

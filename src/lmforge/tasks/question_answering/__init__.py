@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
-from lmforge.tasks.spec import TaskFamily
+from lmforge.tasks.spec import Baseline, DataFormat, TaskFamily
 
 
 class QuestionAnsweringData(DataSchema):
@@ -59,7 +59,9 @@ FAMILIES = (
     TaskFamily(
         name="question_answering",
         module="lmforge.tasks.question_answering.module.QuestionAnsweringModule",
-        datamodule="lmforge.tasks.question_answering.data.QuestionAnsweringDataModule",
+        data_formats=(
+            DataFormat("lmforge.tasks.question_answering.data.QuestionAnsweringDataModule"),
+        ),
         predictor="lmforge.tasks.question_answering.predict.QuestionAnsweringPredictor",
         auto_class="AutoModelForQuestionAnswering",
         pipeline_tag="question-answering",
@@ -82,6 +84,17 @@ FAMILIES = (
         },
         primary_metric="f1",
         baselines=("word_overlap", "no_answer"),
+        own_baselines={
+            "word_overlap": Baseline(
+                "lmforge.tasks.question_answering.baselines.word_overlap",
+                "the context span with the question's words nearest around it (within 10 "
+                "words, each weighted by 1/distance), span length (words) chosen on validation",
+            ),
+            "no_answer": Baseline(
+                "lmforge.tasks.question_answering.baselines.no_answer",
+                "no answer to every question",
+            ),
+        },
         export_outputs=("start_logits", "end_logits"),
         data_schema=QuestionAnsweringData,
         model_schema=QuestionAnsweringModel,

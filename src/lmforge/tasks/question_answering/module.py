@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from lmforge.data.datamodule import TextDataModule
+from lmforge.data.splits import SPLIT_OF_STAGE, Stage
 from lmforge.errors import LmforgeError
 from lmforge.tasks.base import TaskModule
+from lmforge.tasks.question_answering.data import QuestionAnsweringDataModule
 from lmforge.tasks.question_answering.metrics import (
     best_null_threshold,
     best_over_golds,
@@ -33,7 +36,6 @@ from lmforge.tasks.question_answering.spans import (
 
 log = logging.getLogger(__name__)
 
-SPLIT_OF_STAGE = {"val": "validation", "test": "test"}
 # The threshold of a v2 model before any validation pass has tuned it.
 UNTUNED_THRESHOLD = 0.5
 
@@ -94,6 +96,7 @@ class QuestionAnsweringModule(TaskModule):
         self.version_2 = bool(version_2_with_negative)
         self.threshold = UNTUNED_THRESHOLD if null_threshold is None else float(null_threshold)
         self.tuned_on: dict[str, Any] | None = None
+        self._data: QuestionAnsweringDataModule | None = None
         self._examples: dict[str, dict[int, dict[str, Any]]] = {}
         self.last_test_records: list[dict[str, Any]] | None = None
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
@@ -128,7 +131,7 @@ class QuestionAnsweringModule(TaskModule):
             return nn.ModuleDict()
         return nn.ModuleDict({"answers": WindowAnswers()})
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
         hparams: Any = self.hparams
         spans = window_spans(
             outputs.start_logits,
@@ -144,16 +147,23 @@ class QuestionAnsweringModule(TaskModule):
     def _split_examples(self, stage: str) -> dict[int, dict[str, Any]]:
         split = SPLIT_OF_STAGE[stage]
         if split not in self._examples:
-            # The Trainer sets `datamodule` when a loop starts; its class does not declare it.
-            datamodule: Any = getattr(self.trainer, "datamodule")  # noqa: B009
-            self._examples[split] = datamodule.examples(split)
+            if self._data is None:
+                raise LmforgeError(
+                    "QuestionAnsweringModule decodes answers from the contexts of its "
+                    "datamodule; run it through a trainer loop given a "
+                    "QuestionAnsweringDataModule."
+                )
+            self._examples[split] = self._data.examples(split)
         return self._examples[split]
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+    def attach_data(self, datamodule: TextDataModule) -> None:
+        if datamodule is not self._data and isinstance(datamodule, QuestionAnsweringDataModule):
+            self._data, self._examples = datamodule, {}
+
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
         gathered: WindowAnswers = metrics["answers"]
         if not len(gathered):
             return {}
-        stage = "test" if metrics is self.test_metrics else "val"
         examples = self._split_examples(stage)
         rows = sorted(gathered.windows)
 

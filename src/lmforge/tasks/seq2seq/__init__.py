@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
-from lmforge.tasks.spec import TaskFamily
+from lmforge.tasks.spec import Baseline, DataFormat, TaskFamily
 
 
 class Seq2SeqData(DataSchema):
@@ -34,15 +34,18 @@ class Seq2SeqModel(ModelSchema):
 
 
 _SHARED: dict[str, Any] = {
-    "datamodule": "lmforge.tasks.seq2seq.data.Seq2SeqDataModule",
+    "data_formats": (
+        DataFormat("lmforge.tasks.seq2seq.data.Seq2SeqDataModule", "data.max_source_length"),
+    ),
     "predictor": "lmforge.tasks.seq2seq.predict.Seq2SeqPredictor",
     "auto_class": "AutoModelForSeq2SeqLM",
     "peft_task_type": "SEQ_2_SEQ_LM",
     "peft_task_wrapper": True,
-    "length_key": "data.max_source_length",
     # An encoder-decoder's decoder reads its own inputs; token type ids are the encoder's only,
     # and T5/BART have none.
     "token_type_ids": False,
+    # Generated-text metrics come every model.generate_every_n_epochs; the loss every epoch.
+    "optimized_metric": "loss",
     "decoder_inputs": True,
     "export_formats": ("hf",),
     "has_pipeline": False,
@@ -70,6 +73,12 @@ FAMILIES = (
         lower_is_better=("loss",),
         primary_metric="rougeL",
         baselines=("lead",),
+        own_baselines={
+            "lead": Baseline(
+                "lmforge.tasks.seq2seq.baselines.lead",
+                "the first k sentences of the source as the output, k (1-3) chosen on validation",
+            )
+        },
         experiment="debian_summarize_minilm",
         example_inputs=(
             "This package provides a command-line tool to convert between image formats. It "
@@ -86,6 +95,12 @@ FAMILIES = (
         lower_is_better=("loss",),
         primary_metric="bleu",
         baselines=("copy_source",),
+        own_baselines={
+            "copy_source": Baseline(
+                "lmforge.tasks.seq2seq.baselines.copy_source",
+                "the source text itself as the output",
+            )
+        },
         experiment="debian_translate_en_de",
         example_inputs=("library for reading and writing image files",),
         **_SHARED,

@@ -37,8 +37,6 @@ class Seq2SeqDataModule(TextDataModule):
             to stop early: the data checks report how many are cut).
     """
 
-    length_key = "data.max_source_length"
-
     def __init__(
         self,
         *,

@@ -22,10 +22,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lmforge.data.datamodule import TextDataModule
 from lmforge.data.labels import IGNORE_INDEX
+from lmforge.data.splits import SPLIT_OF_STAGE, Stage
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.answers import GeneratedTexts
 from lmforge.tasks.base import TaskModule, sample_cap
+from lmforge.tasks.seq2seq.data import Seq2SeqDataModule
 from lmforge.tasks.seq2seq.metrics import (
     bleu_scores,
     rouge_scores,
@@ -49,7 +52,6 @@ GENERATE_KEYS = (
     "top_k",
     "top_p",
 )
-SPLIT_OF_STAGE = {"val": "validation", "test": "test"}
 
 
 def generation_settings(generate: dict[str, Any] | None) -> dict[str, Any]:
@@ -147,6 +149,7 @@ class Seq2SeqModule(TaskModule):
                 f"model.generate_every_n_epochs must be 1 or more, got {generate_every_n_epochs}."
             )
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._data: Seq2SeqDataModule | None = None
         self._texts: dict[str, dict[int, tuple[str, str]]] = {}
         # The validation rows generated on (the first max_generate_samples by row id).
         self._capped_rows: set[int] | None = None
@@ -317,13 +320,20 @@ class Seq2SeqModule(TaskModule):
         every = int(self.hparams.get("generate_every_n_epochs") or 1)
         return not fitting or (self.current_epoch + 1) % every == 0
 
+    def attach_data(self, datamodule: TextDataModule) -> None:
+        if datamodule is not self._data and isinstance(datamodule, Seq2SeqDataModule):
+            self._data, self._texts = datamodule, {}
+
     def _split_texts(self, stage: str) -> dict[int, tuple[str, str]]:
         """Row id -> the raw source and target text, of a stage's split."""
         split = SPLIT_OF_STAGE[stage]
         if split not in self._texts:
-            # The Trainer sets `datamodule` when a loop starts; its class does not declare it.
-            datamodule: Any = getattr(self.trainer, "datamodule")  # noqa: B009
-            self._texts[split] = datamodule.texts(split)
+            if self._data is None:
+                raise LmforgeError(
+                    f"{type(self).__name__} scores generated text against the references of "
+                    "its datamodule; run it through a trainer loop given a Seq2SeqDataModule."
+                )
+            self._texts[split] = self._data.texts(split)
         return self._texts[split]
 
     def configure_metrics(self, stage: str) -> nn.ModuleDict:
@@ -331,8 +341,7 @@ class Seq2SeqModule(TaskModule):
             return nn.ModuleDict()
         return nn.ModuleDict({"texts": GeneratedTexts()})
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
-        stage = "test" if metrics is self.test_metrics else "val"
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
         if not self._generates(stage):
             return
         gathered: GeneratedTexts = metrics["texts"]
@@ -364,7 +373,7 @@ class Seq2SeqModule(TaskModule):
     def on_test_epoch_start(self) -> None:
         self.generation_time.pop("test", None)
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
         gathered: GeneratedTexts = metrics["texts"]
         if not len(gathered):
             return {}
@@ -374,7 +383,7 @@ class Seq2SeqModule(TaskModule):
             len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in gathered.predictions
         ]
         values["gen_len"] = sum(lengths) / len(lengths)
-        if metrics is self.test_metrics:
+        if stage == "test":
             self.last_test_records = [
                 {
                     "source": s,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
-from lmforge.tasks.spec import TaskFamily
+from lmforge.tasks.spec import DataFormat, TaskFamily
 
 
 class TextClassificationData(DataSchema):
@@ -22,7 +22,9 @@ FAMILIES = (
     TaskFamily(
         name="text_classification",
         module="lmforge.tasks.text_classification.module.TextClassificationModule",
-        datamodule="lmforge.tasks.text_classification.data.TextClassificationDataModule",
+        data_formats=(
+            DataFormat("lmforge.tasks.text_classification.data.TextClassificationDataModule"),
+        ),
         predictor="lmforge.tasks.text_classification.predict.TextClassificationPredictor",
         auto_class="AutoModelForSequenceClassification",
         pipeline_tag="text-classification",

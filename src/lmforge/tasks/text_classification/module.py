@@ -15,6 +15,7 @@ from torchmetrics.classification import (
 )
 from transformers import PreTrainedModel
 
+from lmforge.data.splits import Stage
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.spec import safe_name
 
@@ -109,13 +110,13 @@ class TextClassificationModule(TaskModule):
             }
         )
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
         labels = batch["labels"]
         scores = torch.sigmoid(outputs) if self.multi_label else outputs
         for metric in metrics.values():
             metric.update(scores, labels.long() if self.multi_label else labels)
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = {}
         for name, metric in metrics.items():
             value = metric.compute()

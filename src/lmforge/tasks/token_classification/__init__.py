@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from lmforge.config.schema import ABSENT, DataSchema, ModelSchema
-from lmforge.tasks.spec import TaskFamily
+from lmforge.tasks.spec import DataFormat, TaskFamily
 
 
 class TokenClassificationData(DataSchema):
@@ -21,7 +21,9 @@ FAMILIES = (
     TaskFamily(
         name="token_classification",
         module="lmforge.tasks.token_classification.module.TokenClassificationModule",
-        datamodule="lmforge.tasks.token_classification.data.TokenClassificationDataModule",
+        data_formats=(
+            DataFormat("lmforge.tasks.token_classification.data.TokenClassificationDataModule"),
+        ),
         predictor="lmforge.tasks.token_classification.predict.TokenClassificationPredictor",
         auto_class="AutoModelForTokenClassification",
         pipeline_tag="token-classification",

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.data.labels import IGNORE_INDEX
+from lmforge.data.splits import Stage
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.token_classification.metrics import EntityScores
 from lmforge.tasks.token_classification.predict import (
@@ -79,7 +80,7 @@ class TokenClassificationModule(TaskModule):
             }
         )
 
-    def update_metrics(self, metrics: Any, outputs: Any, batch: dict) -> None:
+    def update_metrics(self, stage: Stage, metrics: Any, outputs: Any, batch: dict) -> None:
         predictions = outputs.argmax(dim=-1)  # (batch, seq)
         metrics["entities"].update(predictions, batch["labels"])
         metrics["token_acc"].update(predictions.flatten(), batch["labels"].flatten())
@@ -116,7 +117,7 @@ class TokenClassificationModule(TaskModule):
             for words, (tags, scores) in zip(sentences, tagged, strict=True)
         ]
 
-    def compute_metrics(self, metrics: Any) -> dict[str, torch.Tensor]:
+    def compute_metrics(self, stage: Stage, metrics: Any) -> dict[str, torch.Tensor]:
         values = dict(metrics["entities"].compute())
         values["token_acc"] = metrics["token_acc"].compute()
         for metric in metrics.values():
