@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from lmforge.config.validation import check_machine
 from lmforge.errors import LmforgeError
-from lmforge.validation import check_machine
 from tests.helpers import ENV, compose_config, finish, launch, quick, script
 
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lmforge.distillation import Distillation, distillation_loss
 from lmforge.errors import LmforgeError
-from lmforge.runs import load_teacher
+from lmforge.finetune.distillation import Distillation, distillation_loss
+from lmforge.tasks.runs import load_teacher
 from lmforge.tasks.text_classification.module import TextClassificationModule
 from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train

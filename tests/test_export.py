@@ -12,11 +12,11 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch.testing import assert_close
 
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError
 from lmforge.export import EXPORT_BATCH, export
-from lmforge.runs import load_task_module
+from lmforge.tasks.runs import load_task_module
 from lmforge.train import train
-from lmforge.validation import validate_training_config
 from tests.helpers import ENV, compose_config, script, tiny_overrides
 
 QUICK = ["trainer.max_epochs=1", "evaluate_before=false", "test=false"]

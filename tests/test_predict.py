@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.errors import LmforgeError
-from lmforge.runs import load_task_module
+from lmforge.tasks.runs import load_task_module
 from lmforge.tasks.token_classification.predict import best_window_positions
 from tests.helpers import (
     ENV,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.config.validation import check_config, check_machine
 from lmforge.errors import LmforgeError
 from lmforge.runtime import checkpoints
 from lmforge.runtime.checkpoints import read_checkpoint
-from lmforge.validation import check_config, check_machine
 from tests.helpers import compose_config, save_tiny_bert, train_tiny
 
 DEEPSPEED = ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"]
@@ -117,7 +117,7 @@ HAS_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
 
 def test_qlora_config_composes_over_lora():
     cfg = compose_config(["finetune=qlora"])
-    assert cfg.finetune._target_ == "lmforge.strategies.QLora"
+    assert cfg.finetune._target_ == "lmforge.finetune.strategies.QLora"
     assert (cfg.finetune.quant_type, cfg.finetune.r) == ("nf4", 8)
     check_config(cfg)
 
@@ -150,8 +150,8 @@ def bert_64(tmp_path_factory) -> Path:
 def test_qlora_trains_adapters_over_a_4bit_base_and_saves_only_them(make_cfg, tmp_path, bert_64):
     import bitsandbytes
 
-    from lmforge.runs import load_task_module
-    from lmforge.strategies import quantization_problem
+    from lmforge.finetune.strategies import quantization_problem
+    from lmforge.tasks.runs import load_task_module
     from lmforge.train import train
 
     try:

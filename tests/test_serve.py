@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.serve_requests import Limits, RequestRefused, read_inputs
+from lmforge.serve.checks import Limits, RequestRefused, read_inputs
 from tests.helpers import ENV, REPO, read_records
 
 TEXTS = ["plays music files", "a text editor for the terminal", "reads mail"]
@@ -189,7 +189,7 @@ def test_read_inputs_checks_the_body_before_any_model():
     ],
 )
 def test_bad_serve_settings_are_refused_before_loading(make_cfg, classifier, override, expected):
-    from lmforge.serve import build_server
+    from lmforge.serve.server import build_server
 
     cfg = make_cfg(f"ckpt_path={classifier}", override, config_name="serve")
     with pytest.raises(LmforgeError, match=expected.replace("(", r"\(").replace(")", r"\)")):

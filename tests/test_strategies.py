@@ -10,9 +10,9 @@ from transformers import BertModel
 
 from lmforge.config.compatibility import strategy_problem
 from lmforge.errors import LmforgeError
-from lmforge.runs import load_task_module
-from lmforge.strategies import IA3, Freeze, Full, Lora, PrefixTuning, PromptTuning
+from lmforge.finetune.strategies import IA3, Freeze, Full, Lora, PrefixTuning, PromptTuning
 from lmforge.tasks.language_modeling.module import CausalLMModule, MaskedLMModule
+from lmforge.tasks.runs import load_task_module
 from lmforge.tasks.text_classification.module import TextClassificationModule
 from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from lmforge.errors import LmforgeError
 from lmforge.reporting.report import write_report
-from lmforge.sweep import (
+from lmforge.runtime.sweep import (
     OptunaSweeper,
     distribution_for,
     finished_trials,

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from lmforge.cli import check_arguments, user_errors
 from lmforge.config.resources import config_dir
-from lmforge.validation import validate_training_config
+from lmforge.config.validation import validate_training_config
 
 SPLIT_ORDER = ("train", "validation", "test")
 

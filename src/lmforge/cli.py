@@ -19,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lmforge.config.resources import config_dir, multirun_hydra
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError, RunInterrupted
-from lmforge.validation import validate_training_config
 
 log = logging.getLogger("lmforge")
 
@@ -87,12 +87,12 @@ def run_training(cfg: DictConfig) -> float | None:
     with user_errors():
         ckpt_path = None
         if cfg.resume:
+            from lmforge.config.upgrade import upgrade_config
             from lmforge.runtime.rundir import prepare_resume
-            from lmforge.tasks import upgrade_targets
 
             others = [o for o in _task_overrides() if not o.startswith(("resume=", "hydra."))]
             cfg, ckpt_path = prepare_resume(cfg, others)
-            cfg = upgrade_targets(cfg)
+            cfg = upgrade_config(cfg)
         validate_training_config(cfg)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from lmforge.train import train
@@ -125,7 +125,7 @@ def run_server(cfg: DictConfig) -> None:
     """The body of `lmforge-serve`."""
     with user_errors():
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from lmforge.serve import serve
+        from lmforge.serve.server import serve
 
         _route_library_logs()
         serve(cfg)
@@ -143,8 +143,8 @@ def run_export(cfg: DictConfig) -> None:
 
 def check_arguments(config_name: str) -> None:
     """Refuse unknown keys and options, and run directories that must not be written, before
-    Hydra composes the config and creates a run directory (see lmforge.command_line)."""
-    from lmforge.command_line import check_command_line
+    Hydra composes the config and creates a run directory (see lmforge.config.command_line)."""
+    from lmforge.config.command_line import check_command_line
 
     with user_errors():
         check_command_line(config_name, sys.argv[1:])

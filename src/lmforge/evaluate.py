@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.config.schema import EvalSchema, check_command_settings
 from lmforge.errors import LmforgeError
-from lmforge.runs import TrainedRun, load_run
 from lmforge.runtime.record import EvalMetrics, write_run_metrics
 from lmforge.runtime.rundir import CONFIG_FILE, record_config
+from lmforge.tasks.runs import TrainedRun, load_run
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge import __version__
+from lmforge.config.positions import usable_positions
 from lmforge.config.schema import ExportSchema, check_command_settings
 from lmforge.errors import LmforgeError
-from lmforge.positions import usable_positions
-from lmforge.runs import TrainedRun, load_run
 from lmforge.runtime.record import ExportSettings, write_export_settings
 from lmforge.runtime.rundir import EXPORT_SETTINGS_FILE, write_json, write_new
 from lmforge.tasks.base import TaskModule
+from lmforge.tasks.runs import TrainedRun, load_run
 from lmforge.tasks.spec import TaskFamily
 
 log = logging.getLogger(__name__)

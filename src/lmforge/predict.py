@@ -24,16 +24,16 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from transformers import AutoConfig
 
+from lmforge.config.positions import usable_positions
 from lmforge.config.schema import PredictSchema, Section, check_command_settings
 from lmforge.data.datamodule import load_tokenizer_for_batching
 from lmforge.data.sources import FORMATS, check_file, load_file
 from lmforge.errors import LmforgeError
-from lmforge.positions import usable_positions
-from lmforge.runs import load_run
 from lmforge.runtime.record import read_export_settings
 from lmforge.runtime.rundir import EXPORT_SETTINGS_FILE, record_config
 from lmforge.tasks import FAMILIES, family_of_architectures
 from lmforge.tasks.predictor import InputText, Predictor
+from lmforge.tasks.runs import load_run
 from lmforge.tasks.spec import TaskFamily
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from lmforge.evaluation.comparison import (
     write_test_records,
 )
 from lmforge.evaluation.testing import best_validation
-from lmforge.loggers import publish_run_results
 from lmforge.reporting.plots import plot_run_curves
 from lmforge.runtime.callbacks import peak_memory
+from lmforge.runtime.loggers import publish_run_results
 from lmforge.runtime.precision import PrecisionChoice
 from lmforge.runtime.record import ParameterCounts, RunMetrics, write_run_metrics
 from lmforge.runtime.reproducibility import record_reproducibility

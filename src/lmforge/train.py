@@ -15,16 +15,16 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmforge.config.validation import process_rank, validate_training_config
 from lmforge.data.datamodule import TextDataModule, prepare_datamodule
 from lmforge.evaluation.baselines import run_baselines
 from lmforge.evaluation.testing import evaluate_before, evaluate_best
 from lmforge.run_record import record_end, record_start
-from lmforge.runs import load_teacher
 from lmforge.runtime import trainer as runtime
 from lmforge.runtime.precision import matmul_precision, settle_precision
 from lmforge.runtime.trainer import build_trainer, fit, resume_point, stop_on_signal
 from lmforge.tasks.base import TaskModule
-from lmforge.validation import process_rank, validate_training_config
+from lmforge.tasks.runs import load_teacher
 
 log = logging.getLogger(__name__)
 

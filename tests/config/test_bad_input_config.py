@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from lmforge.command_line import check_command_line
+from lmforge.config.command_line import check_command_line
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError
 from lmforge.tasks import FAMILIES
-from lmforge.validation import validate_training_config
 from tests.helpers import ENV, REPO, compose_config, script, write_conll
 
 # The quickest complete run: one epoch, no before/after evaluation, no baselines.
@@ -255,7 +255,7 @@ def test_the_metric_table_matches_the_task_classes_and_a_real_run(finished_run):
 
 
 def test_every_shipped_config_passes_the_fast_checks():
-    from lmforge.validation import check_config
+    from lmforge.config.validation import check_config
 
     experiments = sorted(p.stem for p in (REPO / "conf/experiment").iterdir())
     for overrides in [[], *[[f"experiment={e}"] for e in experiments], ["finetune=lora"]]:

@@ -6,8 +6,8 @@ import pytest
 
 from lmforge.config import compatibility
 from lmforge.config.compatibility import strategy_problem
+from lmforge.config.validation import check_config
 from lmforge.errors import LmforgeError
-from lmforge.validation import check_config
 
 BROKEN = {"transformers": "5.24.0", "peft": "0.21.2"}
 

@@ -13,8 +13,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.config.resources import config_dir
+from lmforge.config.validation import check_config
 from lmforge.tasks import families_of_datamodule, family_of_module
-from lmforge.validation import check_config
 from tests.helpers import compose_config
 
 CONF = config_dir()

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lmforge.config.validation import validate_training_config
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import baselines as baselines_module
 from lmforge.evaluation.baselines import C_GRID, fit_tfidf_logreg, majority_label, run_baselines
@@ -30,7 +31,6 @@ from lmforge.tasks.text_classification.module import TextClassificationModule
 from lmforge.tasks.token_classification.data import TokenClassificationDataModule
 from lmforge.tasks.token_classification.module import TokenClassificationModule
 from lmforge.train import train
-from lmforge.validation import validate_training_config
 from tests.helpers import REPO, TOPICS
 
 SCRIPT = REPO / "scripts" / "classification_baselines.py"

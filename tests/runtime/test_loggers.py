@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from lmforge.config.resources import config_dir, job_name, sweep_group
-from lmforge.loggers import publish_run_results
+from lmforge.runtime.loggers import publish_run_results
 from lmforge.runtime.rundir import prepare_resume
 from lmforge.train import train
 

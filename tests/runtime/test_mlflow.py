@@ -82,7 +82,7 @@ def test_a_resumed_run_continues_its_mlflow_run(make_cfg, tmp_path):
 
 
 def test_jobs_of_a_sweep_share_the_sweep_tag(tmp_path):
-    from lmforge.loggers import MLFlowLogger
+    from lmforge.runtime.loggers import MLFlowLogger
 
     uri = f"sqlite:///{tmp_path}/tracking/mlflow.db"
     for job in ("a", "b"):

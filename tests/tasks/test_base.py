@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.optim import build_scheduler, parameter_groups
+from lmforge.finetune.optim import build_scheduler, parameter_groups
 from lmforge.tasks.text_classification.module import TextClassificationModule
 
 
@@ -72,7 +72,7 @@ def test_layer_wise_lr_decay_gives_each_depth_its_lr(tiny_model):
 
 @pytest.mark.parametrize("finetune", [None, "lora"])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model, finetune):
-    from lmforge.strategies import Lora
+    from lmforge.finetune.strategies import Lora
 
     batch = {
         "input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]]),

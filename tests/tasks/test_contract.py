@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from lmforge.config.resources import config_dir
+from lmforge.config.validation import check_config, validate_training_config
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.baselines import BASELINES
 from lmforge.export import export
@@ -24,7 +25,6 @@ from lmforge.tasks import FAMILIES, family_of_module
 from lmforge.tasks.predictor import Predictor
 from lmforge.tasks.spec import class_name, load
 from lmforge.train import train
-from lmforge.validation import check_config, validate_training_config
 from tests.helpers import compose_config
 
 FAMILY_NAMES = sorted(FAMILIES)
@@ -204,9 +204,9 @@ def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, 
 def served_records(checkpoint: Path, examples: tuple) -> list[dict]:
     """What lmforge-serve answers for the examples, each sent as a request and all batched
     together, through the server's API as LitServe's batched loop calls it (no HTTP)."""
-    from lmforge.serve import worker_options
-    from lmforge.serve_api import ModelAPI
-    from lmforge.serve_requests import Limits
+    from lmforge.serve.api import ModelAPI
+    from lmforge.serve.checks import Limits
+    from lmforge.serve.server import worker_options
 
     cfg = compose_config([f"ckpt_path={checkpoint}", "seed=0"], config_name="serve")
     api = ModelAPI(worker_options(cfg), Limits(8, 10_000), max_batch_size=8, batch_timeout=0)

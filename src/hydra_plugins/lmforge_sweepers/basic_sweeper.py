@@ -1,11 +1,11 @@
 """lmforge's default grid sweeper: Hydra's basic sweeper that runs every job even when some
-fail, then ends with one line per failed job instead of a traceback (see lmforge.sweep)."""
+fail, then ends with one line per failed job instead of a traceback (see lmforge.runtime.sweep)."""
 
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as _HydraBasicSweeper
 
-from lmforge import sweep
+from lmforge.runtime import sweep
 
 
 class BasicSweeper(_HydraBasicSweeper):

@@ -4,7 +4,7 @@ Defaults live in conf/, not here: this file only says what a value may be. A gro
 names the keys its options share (`data.batch_size`, `optimizer.lr`); a key only some options
 have is checked when present. Top-level keys are closed: an unknown one is refused with the
 closest known name. Cross-field rules (a LoRA key with finetune=full, a metric the task does
-not log) live in `lmforge.validation`.
+not log) live in `lmforge.config.validation`.
 
 pydantic validates in strict mode, so `trainer.max_epochs=abc` or `optimizer.lr='1e-3'` (a
 quoted string) is refused here instead of failing deep inside torch.

@@ -34,8 +34,8 @@ from lmforge.data.sources import (
     require_source,
 )
 from lmforge.data.splits import SPLITS
+from lmforge.data.tokenization import load_tokenizer
 from lmforge.errors import LmforgeError
-from lmforge.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from transformers import AutoConfig, PreTrainedModel
 
 from lmforge.data.splits import Stage
 from lmforge.errors import LmforgeError
-from lmforge.optim import OptimizerFactory, SchedulerFactory, parameter_groups
-from lmforge.strategies import FinetuneStrategy, Full
+from lmforge.finetune.optim import OptimizerFactory, SchedulerFactory, parameter_groups
+from lmforge.finetune.strategies import FinetuneStrategy, Full
 from lmforge.tasks import FAMILIES
 from lmforge.tasks.spec import TaskFamily
 
@@ -49,7 +49,7 @@ class TaskModule(pl.LightningModule):
         pretrained: hub name or local folder of the pretrained model.
         tokenizer: the tokenizer's name or folder (recorded so checkpoints know it).
         optimizer: a partial optimizer (`torch.optim.AdamW(lr=...)` minus the parameters).
-        scheduler: a partial `lmforge.optim.build_scheduler`, or None for a constant lr.
+        scheduler: a partial `lmforge.finetune.optim.build_scheduler`, or None for a constant lr.
         config_overrides: fields set on the pretrained model's config before loading.
         from_config: build a randomly initialised model from these config fields (with
             `model_type`) instead of loading `pretrained`: training from scratch.
@@ -62,7 +62,7 @@ class TaskModule(pl.LightningModule):
         gradient_checkpointing: recompute activations in the backward pass (Hugging Face's
             gradient checkpointing, non-reentrant) to save activation memory.
 
-    A distillation teacher is attached after construction (`lmforge.distillation`), by the
+    A distillation teacher is attached after construction (`lmforge.finetune.distillation`), by the
     training recipe; checkpoints never hold it.
     """
 
@@ -111,7 +111,7 @@ class TaskModule(pl.LightningModule):
         # A PEFT checkpoint holds adapters and head only; the frozen base comes from `pretrained`.
         self.adapter_only = self.finetune.adapter_only and not self._built_from_scratch()
         self.strict_loading = not self.adapter_only
-        # A `lmforge.distillation.Distillation` with its teacher loaded, or None.
+        # A `lmforge.finetune.distillation.Distillation` with its teacher loaded, or None.
         self.distill: Any = None
         # Set to {} by `comparison.run_test_with_predictions`: the test loop then keeps each batch's
         # predicted labels (batch index -> labels), so one pass gives metrics and predictions.
@@ -289,7 +289,7 @@ class TaskModule(pl.LightningModule):
     def export_model(self) -> PreTrainedModel:
         """A plain Hugging Face model of the current weights, for saving and export: a copy with
         any adapter merged into the weights (the training module is left as it is)."""
-        from lmforge.strategies import merged_copy
+        from lmforge.finetune.strategies import merged_copy
 
         return merged_copy(self.model)
 
@@ -373,7 +373,7 @@ class TaskModule(pl.LightningModule):
     def _layer_depths(self) -> tuple[Any, int]:
         """Depth of each parameter for layer-wise lr decay: embeddings 0, transformer block i
         at i + 1, everything else (the head) at the top."""
-        from lmforge.strategies import backbone_embeddings, backbone_layers
+        from lmforge.finetune.strategies import backbone_embeddings, backbone_layers
 
         stack = backbone_layers(self.model)
         depth = len(stack) + 1

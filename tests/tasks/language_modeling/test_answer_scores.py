@@ -11,12 +11,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from lmforge.config.resources import embedded_model_path, shipped_data
+from lmforge.config.validation import check_config
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.answers import answer_scores
 from lmforge.tasks.language_modeling import predict as causal_predict
 from lmforge.tasks.language_modeling.chat import encode_spans, render
 from lmforge.tasks.language_modeling.instructions import InstructionDataModule
-from lmforge.validation import check_config
 from tests.helpers import compose_config
 from tests.tasks.language_modeling.runs import one_file_datamodule, tiny_run, write_jsonl
 

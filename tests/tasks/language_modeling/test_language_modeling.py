@@ -12,7 +12,6 @@ from torch.testing import assert_close
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate
-from lmforge.runs import load_task_module
 from lmforge.tasks.language_modeling.data import (
     CausalCollator,
     LanguageModelingDataModule,
@@ -20,6 +19,7 @@ from lmforge.tasks.language_modeling.data import (
     group_blocks,
 )
 from lmforge.tasks.language_modeling.metrics import TokenLoss
+from lmforge.tasks.runs import load_task_module
 from lmforge.train import train
 from tests.helpers import TINY_GPT2
 

@@ -13,13 +13,13 @@ from omegaconf import open_dict
 
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.errors import LmforgeError
-from lmforge.runs import load_task_module
 from lmforge.runtime.checkpoints import read_checkpoint
 from lmforge.tasks.language_modeling.preferences import (
     PreferenceDataModule,
     preference_loss,
     sequence_logps,
 )
+from lmforge.tasks.runs import load_task_module
 from tests.tasks.language_modeling.runs import one_file_datamodule, tiny_run
 
 PAIRS = [
@@ -148,7 +148,7 @@ def test_the_lora_reference_is_the_base_model_with_adapters_disabled(lora_dpo_ru
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from lmforge.runs import run_dir_of
+    from lmforge.tasks.runs import run_dir_of
 
     config = OmegaConf.load(run_dir_of(checkpoint) / "config.yaml")
     with open_dict(config):

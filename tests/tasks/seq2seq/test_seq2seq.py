@@ -16,7 +16,7 @@ from omegaconf import open_dict
 from lmforge.errors import LmforgeError
 from lmforge.export import export
 from lmforge.predict import predict
-from lmforge.runs import load_task_module
+from lmforge.tasks.runs import load_task_module
 from lmforge.tasks.seq2seq.baselines import lead_sentences
 from lmforge.tasks.seq2seq.data import Seq2SeqDataModule
 from lmforge.tasks.seq2seq.metrics import bleu_scores, rouge_scores, sentences_on_lines

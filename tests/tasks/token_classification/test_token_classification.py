@@ -195,7 +195,7 @@ def test_entity_spans_map_tags_back_to_words():
 
 def test_tag_words_returns_one_tag_per_word(make_cfg, tmp_path, tiny_ner):
     from lmforge.data.datamodule import load_tokenizer
-    from lmforge.runs import load_task_module
+    from lmforge.tasks.runs import load_task_module
 
     train(
         make_cfg(

@@ -16,7 +16,7 @@ from lmforge.data.labels import IGNORE_INDEX
 from lmforge.data.splits import Stage
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.answers import GeneratedTexts, answer_scores, exact_match, token_f1
-from lmforge.loggers import publish_text_samples
+from lmforge.runtime.loggers import publish_text_samples
 from lmforge.tasks.base import TaskModule, sample_cap
 from lmforge.tasks.language_modeling.instructions import InstructionDataModule
 from lmforge.tasks.language_modeling.metrics import TokenLoss
@@ -225,7 +225,7 @@ class CausalLMModule(LanguageModelingModule):
         """(prompts, generated answers, reference answers) of the batch rows `rows`: each
         answer generated greedily from the tokens before its span, until the end-of-turn
         token or `answer_max_new_tokens`."""
-        from lmforge.positions import usable_positions
+        from lmforge.config.positions import usable_positions
         from lmforge.tasks.language_modeling.predict import continue_prompts
 
         tokenizer = self.tokenizer_object()

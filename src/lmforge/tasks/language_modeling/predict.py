@@ -7,8 +7,8 @@ from typing import Any, cast
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lmforge.config.positions import usable_positions
 from lmforge.errors import LmforgeError
-from lmforge.positions import usable_positions
 from lmforge.tasks.predictor import InputText, Predictor
 
 # Tokens a causal LM continues a prompt by when generate.max_new_tokens is null.

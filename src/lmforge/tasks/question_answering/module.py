@@ -106,7 +106,7 @@ class QuestionAnsweringModule(TaskModule):
         return self.load_pretrained()
 
     def _read_cls_token_id(self) -> int | None:
-        from lmforge.tokenization import load_tokenizer
+        from lmforge.data.tokenization import load_tokenizer
 
         hparams: Any = self.hparams
         try:

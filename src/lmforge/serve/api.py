@@ -1,4 +1,4 @@
-"""The LitServe side of `lmforge-serve` (see `lmforge.serve`): the API that answers requests
+"""The LitServe side of `lmforge-serve` (see `lmforge.serve.server`): the API that answers requests
 with a family's predictor, and the front end's request checks.
 
 In a module of its own because LitServe sends the API object to each inference worker
@@ -18,7 +18,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 
 from lmforge.errors import LmforgeError
-from lmforge.serve_requests import (
+from lmforge.serve.checks import (
     API_PATH,
     Decoded,
     Limits,

@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
-from lmforge.serve_requests import API_PATH, Limits
+from lmforge.serve.checks import API_PATH, Limits
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def build_server(cfg: DictConfig) -> Any:
         )
     import litserve as ls
 
-    from lmforge.serve_api import ModelAPI, RequestChecks
+    from lmforge.serve.api import ModelAPI, RequestChecks
 
     serve = cfg.serve
     limits = Limits(int(serve.max_batch_size), int(serve.max_text_chars))

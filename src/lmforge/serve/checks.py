@@ -1,8 +1,8 @@
 """What `lmforge-serve` accepts: the request body checked field by field (in the front end,
 before any model), and a checked request turned into a predictor's inputs (in a worker).
 
-Kept apart from LitServe (`lmforge.serve_api`) and from the command (`lmforge.serve`): both use
-it, and neither needs the other to.
+Kept apart from LitServe (`lmforge.serve.api`) and from the command (`lmforge.serve.server`):
+both use it, and neither needs the other to.
 """
 
 from __future__ import annotations

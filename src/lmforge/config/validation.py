@@ -22,11 +22,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmforge.config.compatibility import strategy_problem
+from lmforge.config.positions import usable_positions
 from lmforge.config.resources import config_dir
 from lmforge.config.schema import schema_problems
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.baselines import known_baselines
-from lmforge.positions import usable_positions
 from lmforge.runtime.rundir import check_run_dir_is_free
 from lmforge.tasks import families_of_datamodule, family_of_module
 from lmforge.tasks.spec import TaskFamily, class_name
@@ -457,6 +457,6 @@ def _pretrained_config(name: str) -> dict[str, Any]:
 @functools.cache
 def _tokenizer_size(name: str) -> int:
     """Number of token ids the tokenizer can produce (its vocabulary and added tokens)."""
-    from lmforge.tokenization import load_tokenizer
+    from lmforge.data.tokenization import load_tokenizer
 
     return len(load_tokenizer(name))

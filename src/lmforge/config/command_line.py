@@ -23,13 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from lmforge.config.resources import config_dir
+from lmforge.config.validation import group_options, process_rank
 from lmforge.errors import LmforgeError
 from lmforge.runtime.rundir import (
     check_resumable,
     check_run_dir_is_free,
     is_deepspeed_checkpoint,
 )
-from lmforge.validation import group_options, process_rank
 
 # Hydra flags after which no job runs, or that load configs from elsewhere: Hydra handles them.
 HANDS_OFF_FLAGS = {

@@ -14,11 +14,12 @@ from typing import Any, cast
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmforge.config.upgrade import upgrade_config
 from lmforge.errors import LmforgeError
+from lmforge.finetune.strategies import strategy_from_record
 from lmforge.runtime.checkpoints import read_checkpoint
 from lmforge.runtime.rundir import CONFIG_FILE, TOKENIZER_DIR
-from lmforge.strategies import strategy_from_record
-from lmforge.tasks import FAMILIES, family_of_module, upgrade_targets
+from lmforge.tasks import FAMILIES, family_of_module
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.spec import TaskFamily
 
@@ -122,7 +123,7 @@ def load_run(ckpt_path: str, command: str) -> TrainedRun:
                 f"{command} needs the run directory a checkpoint was saved in."
             )
     # A saved run config is a mapping: a DictConfig.
-    config = upgrade_targets(cast(DictConfig, OmegaConf.load(run_dir / CONFIG_FILE)))
+    config = upgrade_config(cast(DictConfig, OmegaConf.load(run_dir / CONFIG_FILE)))
     target = OmegaConf.select(config, "model._target_", default=None)
     family = family_of_module(target)
     if family is not None and family.name != module.task_name:
