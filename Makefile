@@ -14,7 +14,9 @@ LATEST_VENV ?= .venv-latest
 LATEST_EXTRA ?=
 
 LINT_PATHS := src tests scripts benchmarks
-PYTEST := HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+# Test processes (pytest-xdist): one per core by default; WORKERS=0 runs the suite in one process.
+WORKERS ?= auto
+PYTEST := HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n $(WORKERS)
 
 .PHONY: install train test test-all test-latest lock lint format
 

@@ -228,6 +228,51 @@ def test_measure_rotates_the_order_and_keeps_the_median():
     assert firsts == [FLOAT32, FLOAT32_MEDIUM, BF16_AUTOCAST, FLOAT32, FLOAT32_MEDIUM]
     assert probe.seconds_per_step == {FLOAT32: 0.2, FLOAT32_MEDIUM: 0.15, BF16_AUTOCAST: 0.1}
     assert probe.speedup(BF16_AUTOCAST) == pytest.approx(2.0)
+    # The slow spell made bf16's slowest round 50x its fastest: too unsteady to cache.
+    assert probe.spread == {FLOAT32: 3.0, FLOAT32_MEDIUM: 1.0, BF16_AUTOCAST: 50.0}
+    assert not probe.steady
+
+
+@pytest.mark.parametrize(
+    ("seconds", "load", "steady"),
+    [
+        ([0.2, 0.21, 0.22], 0.5, True),
+        ([0.2, 0.21, 0.22], None, True),  # a platform without a load average
+        ([0.2, 0.21, 0.4], 0.5, False),  # one round 2x the fastest
+        ([0.2, 0.21, 0.22], 9.0, False),  # other work on every core
+    ],
+)
+def test_a_probe_taken_on_a_busy_machine_is_not_steady(monkeypatch, seconds, load, steady):
+    monkeypatch.setattr(arithmetic_probe, "_load_average", lambda: load)
+    monkeypatch.setattr(arithmetic_probe, "_cores", lambda: 2)
+    counts: dict[str, int] = {}
+
+    def step(arithmetic: str) -> float:
+        counts[arithmetic] = counts.get(arithmetic, 0) + 1
+        return [0.5, *seconds][counts[arithmetic] - 1]
+
+    probe = measure(machine_key(), rounds=3, step=step)
+    assert probe.steady is steady
+    assert (probe.load_average, probe.cores) == (load, 2)
+
+
+def test_an_unsteady_probe_gives_a_verdict_but_is_not_cached(tmp_path, monkeypatch, caplog):
+    calls: list[int] = []
+
+    def busy(machine, rounds=5, step=None):
+        calls.append(1)
+        return ArithmeticProbe(
+            **{**vars(fake_probe(0.2)), "machine": machine, "steady": False, "load_average": 5.0}
+        )
+
+    monkeypatch.setattr(arithmetic_probe, "measure", busy)
+    with caplog.at_level(logging.WARNING):
+        first = cpu_arithmetic(tmp_path)
+    assert first.speedup(BF16_AUTOCAST) == pytest.approx(0.2) and not first.cached
+    assert "while the machine was busy" in caplog.text and "not cached" in first.describe()
+    assert not list((tmp_path / "arithmetic").glob("*.json"))
+    cpu_arithmetic(tmp_path)
+    assert len(calls) == 2  # measured again: nothing was cached
 
 
 def test_the_real_probe_leaves_the_run_state_alone():

@@ -23,7 +23,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,13 +32,19 @@ import torch
 log = logging.getLogger(__name__)
 
 # Part of the cache key: a changed probe measures again instead of reading old verdicts.
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 # The arithmetics timed: plain float32, float32 with oneDNN's bfloat16 math mode for matmuls
 # (float32_matmul_precision=medium), and bfloat16 autocast (trainer.precision=bf16-mixed).
 FLOAT32, FLOAT32_MEDIUM, BF16_AUTOCAST = "float32", "float32_medium", "bf16_autocast"
 ARITHMETICS = (FLOAT32, FLOAT32_MEDIUM, BF16_AUTOCAST)
 # Timed steps per arithmetic (after one untimed warm-up step that builds oneDNN's kernels).
 ROUNDS = 5
+# A probe taken while other work competed for the cores says little about this machine (on a
+# 2-core machine under a parallel test run, bf16 steps measured 5x slower than float32 where a
+# quiet probe measures them 2x faster). It is used for the run at hand but not cached when one
+# arithmetic's slowest round took this many times its fastest, or when the load average
+# exceeded the cores by more than the probe itself accounts for.
+MAX_SPREAD = 1.5
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,12 @@ class ArithmeticProbe:
     probe_seconds: float
     cache_file: str | None = None
     cached: bool = False
+    # The slowest round over the fastest, per arithmetic; the 1-minute load average before the
+    # probe and the cores this process may use; whether the machine was quiet enough to cache.
+    spread: dict[str, float] = field(default_factory=dict)
+    load_average: float | None = None
+    cores: int | None = None
+    steady: bool = True
 
     def speedup(self, arithmetic: str) -> float:
         """How many times faster than plain float32 a step ran in `arithmetic`."""
@@ -60,6 +72,8 @@ class ArithmeticProbe:
     def describe(self) -> str:
         """One line for the log: the machine, the speed-ups and where the figures are kept."""
         where = f"cached in {self.cache_file}" if self.cached else "measured now"
+        if not self.steady:
+            where = "measured now on a busy machine, so not cached"
         bf16, medium = self.speedup(BF16_AUTOCAST), self.speedup(FLOAT32_MEDIUM)
         return (
             f"on {self.machine['cpu']} with {self.machine['threads']} threads and torch "
@@ -123,6 +137,17 @@ def cpu_arithmetic(cache_dir: str | Path, refresh: bool = False) -> ArithmeticPr
         if not refresh and (cached := _read(path, machine)) is not None:
             return cached
         probe = measure(machine)
+        if not probe.steady:
+            log.warning(
+                "The arithmetic probe ran while the machine was busy (load average %s on %s "
+                "cores; slowest over fastest round: %s): this run uses its verdict, but it is not "
+                "cached and the next run measures again. Start runs on a quiet machine, or set "
+                "trainer.precision explicitly.",
+                probe.load_average,
+                probe.cores,
+                ", ".join(f"{name} {value:.2f}x" for name, value in probe.spread.items()),
+            )
+            return probe
         _write(path, probe)
         return ArithmeticProbe(**{**asdict(probe), "cache_file": str(path)})
 
@@ -140,6 +165,9 @@ def _read(path: Path, machine: dict[str, str | int]) -> ArithmeticProbe | None:
             probe_seconds=float(payload["probe_seconds"]),
             cache_file=str(path),
             cached=True,
+            spread={name: float(v) for name, v in dict(payload.get("spread") or {}).items()},
+            load_average=payload.get("load_average"),
+            cores=payload.get("cores"),
         )
     except FileNotFoundError:
         return None
@@ -176,6 +204,7 @@ def measure(
     """Time the probe's training step in every arithmetic, `rounds` times each in rotated order
     (so a slow spell of the machine touches all of them), after one warm-up step each."""
     started = time.perf_counter()
+    load, cores = _load_average(), _cores()
     with torch.random.fork_rng(devices=[]):  # the run's random state stays as it was
         timed = step or _probe_step()
         for arithmetic in ARITHMETICS:
@@ -185,6 +214,11 @@ def measure(
             shift = index % len(ARITHMETICS)
             for arithmetic in ARITHMETICS[shift:] + ARITHMETICS[:shift]:
                 times[arithmetic].append(timed(arithmetic))
+    spread = {
+        name: round(max(values) / max(min(values), 1e-9), 3) for name, values in times.items()
+    }
+    # The probe's own process counts in the load average: allow it half a core of slack.
+    busy = load is not None and load > cores + 0.5
     return ArithmeticProbe(
         machine=machine,
         seconds_per_step={
@@ -192,7 +226,27 @@ def measure(
         },
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         probe_seconds=round(time.perf_counter() - started, 2),
+        spread=spread,
+        load_average=load,
+        cores=cores,
+        steady=not busy and max(spread.values()) <= MAX_SPREAD,
     )
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _probe_step(
