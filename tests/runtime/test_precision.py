@@ -179,7 +179,9 @@ def test_the_probe_runs_once_per_machine_and_is_read_from_the_cache(tmp_path, co
     assert len(counted_measure) == 2
 
 
-def test_another_thread_count_or_torch_measures_again(tmp_path, counted_measure, monkeypatch):
+def test_another_thread_count_torch_or_cpu_generation_measures_again(
+    tmp_path, counted_measure, monkeypatch
+):
     cpu_arithmetic(tmp_path)
     threads = torch.get_num_threads()
     try:
@@ -189,8 +191,11 @@ def test_another_thread_count_or_torch_measures_again(tmp_path, counted_measure,
         torch.set_num_threads(threads)
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     cpu_arithmetic(tmp_path)
-    assert [m["threads"] for m in counted_measure] == [threads, threads + 1, threads]
-    assert len(list((tmp_path / "arithmetic").glob("*.json"))) == 3
+    # Another generation of a CPU sold under the same model name.
+    monkeypatch.setattr(arithmetic_probe, "cpu_features", lambda: "family 25 model 17; avx512f")
+    cpu_arithmetic(tmp_path)
+    assert [m["threads"] for m in counted_measure] == [threads, threads + 1, threads, threads]
+    assert len(list((tmp_path / "arithmetic").glob("*.json"))) == 4
 
 
 @pytest.mark.parametrize("damage", ["", "{not json", '{"machine": {}}', "[1, 2]"])

@@ -2,11 +2,13 @@
 
 CPU flags do not tell: an AMD EPYC with AVX512-BF16 trains about 1.4-2x faster under bfloat16
 autocast than in float32, while an Intel Xeon with the same flag (but no AMX) trains at about
-0.7x. So `trainer.precision=auto` on a CPU times a few training steps of a small transformer
+0.7x, and an AMD EPYC of an earlier generation (no AVX512 at all) emulates bfloat16 at 0.07x.
+So `trainer.precision=auto` on a CPU times a few training steps of a small transformer
 (MiniLM's width: 384 hidden, 12 heads, 1536 feed-forward; two layers, 8 x 128 tokens, fused
 AdamW and clipping, like a run) in three arithmetics, in rounds of rotated order, and keeps the
-median step time of each. The verdict is cached per CPU model, torch version and thread count
-under `<paths.cache_dir>/arithmetic/`, so it costs a few seconds once, never per run.
+median step time of each. The verdict is cached per CPU (model name, family, arithmetic
+instruction sets), torch version and thread count under `<paths.cache_dir>/arithmetic/`, so
+it costs a few seconds once, never per run.
 
 Written here rather than taken from a library: none times training arithmetic per machine
 (torch.utils.benchmark times single statements, not a training step in rotated rounds).
@@ -40,10 +42,10 @@ ARITHMETICS = (FLOAT32, FLOAT32_MEDIUM, BF16_AUTOCAST)
 # Timed steps per arithmetic (after one untimed warm-up step that builds oneDNN's kernels).
 ROUNDS = 5
 # A probe taken while other work competed for the cores says little about this machine (on a
-# 2-core machine under a parallel test run, bf16 steps measured 5x slower than float32 where a
-# quiet probe measures them 2x faster). It is used for the run at hand but not cached when one
-# arithmetic's slowest round took this many times its fastest, or when the load average
-# exceeded the cores by more than the probe itself accounts for.
+# 2-core machine under a parallel test run, a float32 step took 4.5x as long as on the quiet
+# machine and bf16's ratio to it moved from 0.07x to 0.19x). It is used for the run at hand but
+# not cached when one arithmetic's slowest round took this many times its fastest, or when the
+# load average exceeded the cores by more than the probe itself accounts for.
 MAX_SPREAD = 1.5
 
 
@@ -76,7 +78,8 @@ class ArithmeticProbe:
             where = "measured now on a busy machine, so not cached"
         bf16, medium = self.speedup(BF16_AUTOCAST), self.speedup(FLOAT32_MEDIUM)
         return (
-            f"on {self.machine['cpu']} with {self.machine['threads']} threads and torch "
+            f"on {self.machine['cpu']} ({self.machine.get('cpu_features', '?')}) with "
+            f"{self.machine['threads']} threads and torch "
             f"{self.machine['torch']}, a probe training step ran {bf16:.2f}x as fast under "
             f"bfloat16 autocast and {medium:.2f}x under float32_matmul_precision=medium as in "
             f"plain float32 ({where}, {self.measured_at[:10]})"
@@ -102,10 +105,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# The instruction sets that decide how bfloat16 and float32 run: CPUs sold under one model
+# name differ in them (an "AMD EPYC" of one generation has AVX512-BF16, of another no AVX512).
+ARITHMETIC_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> str:
+    """The CPU's family, model and arithmetic instruction sets (`/proc/cpuinfo`), so machines
+    that share a model name but not a generation keep separate verdicts."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "flags") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return platform.machine() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    present = " ".join(flag for flag in ARITHMETIC_FLAGS if flag in flags) or "none"
+    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}; {present}"
+
+
 def machine_key() -> dict[str, str | int]:
-    """What a verdict holds for: the CPU model, the torch build and the thread count."""
+    """What a verdict holds for: the CPU (model name, generation, arithmetic instruction sets),
+    the torch build and the thread count."""
     return {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "probe_version": PROBE_VERSION,
