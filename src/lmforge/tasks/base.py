@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
+from lmforge.config.embedded import model_source, source_record
 from lmforge.data.splits import Stage
 from lmforge.errors import LmforgeError
 from lmforge.finetune.optim import OptimizerFactory, SchedulerFactory, parameter_groups
@@ -221,8 +222,9 @@ class TaskModule(pl.LightningModule):
         if not name:
             raise LmforgeError("Set model.pretrained (hub name or folder) or model.from_config.")
         overrides = dict(hparams.config_overrides or {})
+        folder = model_source(name)  # an embedded model's name: its local folder
         try:
-            config = AutoConfig.from_pretrained(name)
+            config = AutoConfig.from_pretrained(folder)
         except Exception as err:
             raise LmforgeError(
                 f"model.pretrained={name!r} is not a model this run can load (expected a hub "
@@ -239,7 +241,7 @@ class TaskModule(pl.LightningModule):
         load_options = self.finetune.load_options(config, auto_class)
         try:
             model, info = auto_class.from_pretrained(
-                name, config=config, output_loading_info=True, **load_options
+                folder, config=config, output_loading_info=True, **load_options
             )
         except Exception as err:
             raise LmforgeError(
@@ -247,6 +249,9 @@ class TaskModule(pl.LightningModule):
             ) from err
         missing = sorted(info.get("missing_keys", []))
         self.start = {"from": f"pretrained {name}", "newly_initialised": missing}
+        converted = source_record(folder)
+        if converted is not None:  # converted from a GGUF file: say which and how
+            self.start["converted_from"] = {k: v for k, v in converted.items() if k != "files"}
         if missing:
             log.info("Newly initialised (not in %s): %s", name, ", ".join(missing))
         return model

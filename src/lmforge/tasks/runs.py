@@ -144,9 +144,11 @@ def load_teacher(source: str, family: TaskFamily) -> Any:
         path = path / BEST_CHECKPOINT
     if path.is_file():
         return load_task_module(path, expected_task=family.name).export_model()
+    from lmforge.config.embedded import model_source
+
     auto_class = family.auto_model_class()
     try:
-        return auto_class.from_pretrained(source)
+        return auto_class.from_pretrained(model_source(source))
     except Exception as err:
         raise LmforgeError(
             f"distill.teacher={source!r} is neither an lmforge checkpoint nor a model "

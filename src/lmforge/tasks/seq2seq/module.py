@@ -223,9 +223,12 @@ class Seq2SeqModule(TaskModule):
         name = hparams.pretrained
         if not name:
             raise LmforgeError("model.warm_start=true needs model.pretrained (an encoder).")
+        from lmforge.config.embedded import model_source
+
+        folder = model_source(name)  # an embedded model's name: its local folder
         try:
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-                name, name, tie_encoder_decoder=bool(hparams.tie_encoder_decoder)
+                folder, folder, tie_encoder_decoder=bool(hparams.tie_encoder_decoder)
             )
         except Exception as err:
             raise LmforgeError(
