@@ -1,18 +1,23 @@
 """Generated or extracted answers scored against reference text.
 
-SQuAD's answer normalisation (lower case; punctuation and the articles a/an/the removed;
-whitespace collapsed), exact match and token F1 over the normalised words, and the gathering
-of a split's generated texts for metrics computed once per epoch. Written here rather than
-taken from `evaluate` because `evaluate.load("squad")` fetches the metric's code from the hub
-at run time; the rules are those of the official SQuAD v1.1/v2.0 evaluation scripts.
+ROUGE-1/2/L/Lsum F-measures (the `rouge-score` package, Porter stemming) for summaries and any
+generated answer; SQuAD's answer normalisation (lower case; punctuation and the articles
+a/an/the removed; whitespace collapsed), exact match and token F1 over the normalised words;
+and the gathering of a split's generated texts for metrics computed once per epoch. Exact match
+and F1 are written here rather than taken from `evaluate` because `evaluate.load("squad")`
+fetches the metric's code from the hub at run time; the rules are those of the official SQuAD
+v1.1/v2.0 evaluation scripts.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -40,6 +45,48 @@ def token_f1(prediction: str, gold: str) -> float:
         return 0.0
     precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# A sentence ends at . ! or ? followed by space; rougeLsum compares sentence by sentence (the
+# rouge-score package splits on newlines, so sentences are put on lines here, without nltk).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# What rouge-score's default tokenizer keeps: lowercase ASCII letters and digits.
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def sentences_on_lines(text: str) -> str:
+    """The text with one sentence per line (existing line breaks kept)."""
+    return "\n".join(
+        part.strip() for line in text.splitlines() for part in _SENTENCE_END.split(line)
+    ).strip()
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    # rouge-score logs "Using default tokenizer." through absl at INFO for every scorer.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean F-measure of ROUGE-1/2/L/Lsum over the pairs, with Porter stemming, in [0, 1]."""
+    if not predictions:
+        return {name: 0.0 for name in ROUGE_TYPES}
+    scorer = _rouge_scorer()
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(sentences_on_lines(reference), sentences_on_lines(prediction))
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: total / len(predictions) for name, total in totals.items()}
+
+
+def unscorable_by_rouge(references: list[str]) -> int:
+    """How many non-empty references ROUGE's tokenizer reduces to nothing (non-Latin text)."""
+    return sum(1 for r in references if r.strip() and not _ROUGE_TOKEN.search(r.lower()))
 
 
 def answer_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

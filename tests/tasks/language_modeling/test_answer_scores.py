@@ -132,6 +132,11 @@ def test_a_run_scores_its_generated_answers(scored_run):
     # text in terminal"); mutt and tar share no word with "editing text".
     assert metrics["test"]["test/answer_exact_match"] == pytest.approx(25.0)
     assert metrics["test"]["test/answer_f1"] == pytest.approx(100 * (1 + 2 / 3) / 4)
+    # ROUGE as summaries are scored (Porter stems; articles count): nano's "edit text" against
+    # "edit text in a termin" has unigram P 1, R 2/5 (F 4/7) and bigram P 1, R 1/4 (F 0.4).
+    assert metrics["test"]["test/answer_rouge1"] == pytest.approx(100 * (1 + 4 / 7) / 4)
+    assert metrics["test"]["test/answer_rouge2"] == pytest.approx(100 * (1 + 0.4) / 4)
+    assert metrics["test"]["test/answer_rougeL"] == pytest.approx(100 * (1 + 4 / 7) / 4)
     # Validation scores the first max_generate_samples=2 examples of the file (vim and mutt),
     # though its batches come longest first.
     assert metrics["validation"]["val/answer_exact_match"] == pytest.approx(50.0)
@@ -143,6 +148,7 @@ def test_a_run_scores_its_generated_answers(scored_run):
     by_reference = {r["reference"]: r for r in records}
     assert by_reference["editing text."]["exact_match"] == 1.0
     assert by_reference["editing text in a terminal."]["score"] == pytest.approx(66.67)
+    assert by_reference["editing text in a terminal."]["rougeL"] == pytest.approx(57.14)
     assert by_reference["reading mail."]["generated"] == "editing text."
     assert (
         by_reference["reading mail."]["prompt"]

@@ -415,3 +415,48 @@ def test_a_system_prompt_goes_first_where_a_conversation_has_none(tmp_path):
     # The second conversation had none: it gets the configured one; the first keeps its own.
     assert "### System:\nBe brief." in shown[1]
     assert "Be brief." not in shown[0] and "### System:\nAnswer briefly." in shown[0]
+
+
+def test_prompt_completion_rows_through_the_chat_template_train_and_predict_as_chats(tmp_path):
+    """data.apply_chat_template: a row is a user turn (the filled prompt template) and an
+    assistant turn, tokenized exactly as the same conversation in messages format; predict
+    renders an input the way training rendered the prompt before the scored answer."""
+    from lmforge.tasks.language_modeling.predict import CausalLMPredictor
+
+    rows = [{"description": "Vim is a modal text editor.", "synopsis": "Vi IMproved"}]
+    pairs = _datamodule(
+        tmp_path / "pairs",
+        rows,
+        format="prompt_completion",
+        prompt_template="Summarize:\n{description}",
+        completion_column="synopsis",
+        apply_chat_template=True,
+        system_prompt="Be brief.",
+    )
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Summarize:\nVim is a modal text editor."},
+        {"role": "assistant", "content": "Vi IMproved"},
+    ]
+    chats = _datamodule(tmp_path / "chats", [{"messages": conversation}])
+    for column in ("input_ids", "labels", "answer_span"):
+        assert pairs.splits["train"][0][column] == chats.splits["train"][0][column]
+    assert _trained_text(pairs, 0) == ["vi improved [SEP]"]
+    # Without the option the same row is plain text: no template header.
+    plain = _datamodule(
+        tmp_path / "plain",
+        rows,
+        format="prompt_completion",
+        prompt_template="Summarize:\n{description}",
+        completion_column="synopsis",
+    )
+    assert plain.tokenizer.decode(plain.splits["train"][0]["input_ids"]).startswith("summarize :")
+
+    settings = {**pairs.run_settings(), "max_length": 64}
+    assert settings["apply_chat_template"] is True
+    predictor = CausalLMPredictor(None, pairs.tokenizer, settings, None, "cpu")
+    start = pairs.splits["validation"][0]["answer_span"][0]
+    assert (
+        predictor.prompt_ids("Vim is a modal text editor.", "input")
+        == (pairs.splits["validation"][0]["input_ids"][:start])
+    )

@@ -133,6 +133,8 @@ def test_a_dpo_run_starts_at_log_2_and_logs_its_metrics(lora_dpo_run):
     before = metrics["before_training"]["test"]
     assert before["test/loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert before["test/reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    # The starting model is its own reference: every pair is a tie, half right.
+    assert before["test/reward_acc"] == pytest.approx(0.5)
     for key in ("val/pref_acc", "val/reward_acc", "val/reward_margin", "val/logp_chosen"):
         assert key in metrics["validation"]
 

@@ -14,12 +14,13 @@ import torch
 from omegaconf import open_dict
 
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.answers import rouge_scores, sentences_on_lines
 from lmforge.export import export
 from lmforge.predict import predict
 from lmforge.tasks.runs import load_task_module
 from lmforge.tasks.seq2seq.baselines import lead_sentences
 from lmforge.tasks.seq2seq.data import Seq2SeqDataModule
-from lmforge.tasks.seq2seq.metrics import bleu_scores, rouge_scores, sentences_on_lines
+from lmforge.tasks.seq2seq.metrics import bleu_scores
 from lmforge.tasks.seq2seq.module import SummarizationModule, generation_settings
 from lmforge.train import train
 from tests.helpers import compose_config

@@ -30,6 +30,7 @@ class LanguageModelingData(DataSchema):
     score_answers: bool = ABSENT
     prompt_template: str | None = ABSENT
     chat_template: str | None = ABSENT
+    apply_chat_template: bool = ABSENT
     system_prompt: str | None = ABSENT
 
 
@@ -73,11 +74,25 @@ FAMILIES = (
         peft_task_type="CAUSAL_LM",
         peft_task_wrapper=True,
         prompt_learning=True,
-        metrics=("loss", "perplexity", "answer_exact_match", "answer_f1"),
+        metrics=(
+            "loss",
+            "perplexity",
+            "answer_exact_match",
+            "answer_f1",
+            "answer_rouge1",
+            "answer_rouge2",
+            "answer_rougeL",
+        ),
         # Generated answers are scored on instruction and chat data only.
         only_when={
-            "answer_exact_match": "data.score_answers",
-            "answer_f1": "data.score_answers",
+            name: "data.score_answers"
+            for name in (
+                "answer_exact_match",
+                "answer_f1",
+                "answer_rouge1",
+                "answer_rouge2",
+                "answer_rougeL",
+            )
         },
         experiment="debian_lm_gpt2_scratch",
         example_inputs=("This package provides",),

@@ -61,6 +61,9 @@ class InstructionDataModule(TextDataModule):
         system_prompt: a system message put first in conversations that have none.
         chat_template: a jinja template file; null: the tokenizer's own, else lmforge's plain
             one. The run's tokenizer is saved with the template, so predict and export use it.
+        apply_chat_template: prompt_completion rows render as a user turn (the prompt) and an
+            assistant turn (the completion) through the chat template, as an instruct model
+            was trained to read them; false: prompt + completion + EOS as plain text.
         train_on: assistant (every assistant turn), last (the last one) or all (every token).
         truncation: a sequence over max_length drops its first exchanges (keeping the system
             message) until it fits (`drop_turns`), or is left out (`drop`).
@@ -82,6 +85,7 @@ class InstructionDataModule(TextDataModule):
         messages_column: str = "messages",
         system_prompt: str | None = None,
         chat_template: str | None = None,
+        apply_chat_template: bool = False,
         train_on: str = "assistant",
         truncation: str = "drop_turns",
         show_labels: int = 0,
@@ -108,6 +112,7 @@ class InstructionDataModule(TextDataModule):
         self.messages_column = messages_column
         self.system_prompt = system_prompt or None
         self.chat_template_path = chat_template
+        self.apply_chat_template = bool(apply_chat_template)
         self.train_on = train_on
         self.truncation = truncation
         self.show_labels = int(show_labels or 0)
@@ -115,6 +120,11 @@ class InstructionDataModule(TextDataModule):
         self.score_answers = bool(score_answers)
         self.template: str | None = None
         self._counts: dict[str, dict[str, int]] = {}
+
+    @property
+    def chat_rendered(self) -> bool:
+        """Whether examples render through a chat template (conversations always do)."""
+        return self.format != "prompt_completion" or self.apply_chat_template
 
     # ----- the tokenizer: an EOS to train, and the template it is saved with -------------------
     def _ensure_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -131,7 +141,7 @@ class InstructionDataModule(TextDataModule):
             tokenizer.eos_token = tokenizer.sep_token
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # labels are explicit: EOS still trains
-        if self.format != "prompt_completion":
+        if self.chat_rendered:
             self.template = chat_template_of(tokenizer, self.chat_template_path)
             tokenizer.chat_template = self.template
         return tokenizer
@@ -143,6 +153,7 @@ class InstructionDataModule(TextDataModule):
             "text_column": column,
             # Not `format`: an export's lmforge.json uses that key for its own format.
             "data_format": self.format,
+            "apply_chat_template": self.chat_rendered,
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
         }
@@ -155,6 +166,7 @@ class InstructionDataModule(TextDataModule):
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
             "chat_template": self.chat_template_path,
+            "apply_chat_template": self.apply_chat_template,
             "train_on": self.train_on,
             "truncation": self.truncation,
             "show_labels": self.show_labels,
@@ -214,8 +226,14 @@ class InstructionDataModule(TextDataModule):
                             f"({self.completion_column!r}) is empty; the model would learn to "
                             "answer with nothing."
                         )
+                    system = (
+                        [{"role": "system", "content": self.system_prompt}]
+                        if self.system_prompt and self.apply_chat_template
+                        else []
+                    )
                     examples.append(
                         [
+                            *system,
                             {"role": "user", "content": prompt},
                             {"role": "assistant", "content": str(completion)},
                         ]
@@ -237,7 +255,7 @@ class InstructionDataModule(TextDataModule):
         scored by generation (the first trained answer; with train_on=all, the first
         assistant turn)."""
         tokenizer = self._ensure_tokenizer()
-        if self.format == "prompt_completion":
+        if not self.chat_rendered:
             prompt, completion = messages[0]["content"], messages[1]["content"]
             text = prompt + completion + str(tokenizer.eos_token)
             return text, [(len(prompt), len(text))], (len(prompt), len(text))

@@ -69,7 +69,8 @@ class CausalLMPredictor(Predictor):
     continuation and the continuation alone. Prompts longer than the model can take keep
     their end. A model fine-tuned on chats gets each input as a user turn rendered with the
     run's chat template (saved with its tokenizer) and the generation prompt; one fine-tuned
-    on instructions gets its prompt template filled with the input."""
+    on instructions gets its prompt template filled with the input (then rendered as a user
+    turn when the run had `data.apply_chat_template`)."""
 
     def prompt_ids(self, text: str, where: str) -> list[int]:
         """The tokens of one input as the run's training rendered prompts."""
@@ -78,18 +79,6 @@ class CausalLMPredictor(Predictor):
 
         tokenizer = self.tokenizer
         data_format = self.settings.get("data_format")
-        if data_format in ("messages", "sharegpt"):
-            system = self.settings.get("system_prompt")
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": text})
-            template = str(tokenizer.chat_template or "")
-            if not template:
-                raise LmforgeError(
-                    "The model was fine-tuned on chats but its tokenizer carries no chat "
-                    "template; predict from the run's checkpoint or an lmforge export."
-                )
-            rendered = render(tokenizer, messages, template, add_generation_prompt=True)
-            return encode_spans(tokenizer, rendered, []).input_ids
         prompt_template = self.settings.get("prompt_template")
         if data_format == "prompt_completion" and prompt_template:
             template = str(prompt_template)
@@ -99,7 +88,22 @@ class CausalLMPredictor(Predictor):
                     f"{where}: the run's prompt template names {len(fields)} columns "
                     f"({', '.join(fields)}); typed or .txt inputs fill a template of one column."
                 )
-            return encode_spans(tokenizer, template.format(**{fields[0]: text}), []).input_ids
+            text = template.format(**{fields[0]: text})
+        if data_format in ("messages", "sharegpt") or (
+            data_format == "prompt_completion" and self.settings.get("apply_chat_template")
+        ):
+            system = self.settings.get("system_prompt")
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": text})
+            chat_template = str(tokenizer.chat_template or "")
+            if not chat_template:
+                raise LmforgeError(
+                    "The model was fine-tuned on chat-rendered examples but its tokenizer "
+                    "carries no chat template; predict from the run's checkpoint or an lmforge "
+                    "export."
+                )
+            rendered = render(tokenizer, messages, chat_template, add_generation_prompt=True)
+            return encode_spans(tokenizer, rendered, []).input_ids
         if data_format == "prompt_completion":
             return encode_spans(tokenizer, text, []).input_ids
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])

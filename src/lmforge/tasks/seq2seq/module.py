@@ -26,15 +26,10 @@ from lmforge.data.datamodule import TextDataModule
 from lmforge.data.labels import IGNORE_INDEX
 from lmforge.data.splits import SPLIT_OF_STAGE, Stage
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.answers import GeneratedTexts
+from lmforge.evaluation.answers import GeneratedTexts, rouge_scores, unscorable_by_rouge
 from lmforge.tasks.base import TaskModule, sample_cap
 from lmforge.tasks.seq2seq.data import Seq2SeqDataModule
-from lmforge.tasks.seq2seq.metrics import (
-    bleu_scores,
-    rouge_scores,
-    sentence_chrf,
-    unscorable_by_rouge,
-)
+from lmforge.tasks.seq2seq.metrics import bleu_scores, sentence_chrf
 
 log = logging.getLogger(__name__)
 
