@@ -206,3 +206,39 @@ def test_cli(sweep, tmp_path):
     assert failed.returncode == 1
     assert failed.stderr.startswith("lmforge: error:") and "no such directory" in failed.stderr
     assert failed.stderr.strip().count("\n") == 0 and "Traceback" not in failed.stderr
+
+
+def test_runs_that_differ_only_in_seed_are_summarised_as_mean_and_sd(sweep, tmp_path):
+    """Five copies of one run: lr 0.003 with seeds 1, 2, 3 and lr 1e-05 with seeds 1, 2,
+    with test accuracies and best validation scores set by hand."""
+    root = tmp_path / "seeds"
+    accuracy = {("0.003", "1"): 0.7, ("0.003", "2"): 0.8, ("0.003", "3"): 0.9}
+    accuracy |= {("1e-05", "1"): 0.4, ("1e-05", "2"): 0.5}
+    for (lr, seed), value in accuracy.items():
+        run_dir = copy_run(sweep / "0", root / f"{lr}_{seed}")
+        write_overrides(run_dir, [f"optimizer.lr={lr}", f"seed={seed}"])
+        metrics = read_metrics(run_dir)
+        metrics["test"]["test/acc"] = value
+        metrics["validation"]["val/acc"] = value - 0.1
+        metrics["best_validation"]["value"] = value - 0.1
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+    text = write_report(root).read_text()
+    groups = read_rows(root / "report" / "report_seeds.csv")
+    assert [(g["optimizer.lr"], g["n"], g["seeds"]) for g in groups] == [
+        ("0.003", "3", "1 2 3"),  # best mean val/acc first
+        ("1e-05", "2", "1 2"),
+    ]
+    # Means 0.8 and 0.45; sample sd of (0.7, 0.8, 0.9) is 0.1, of (0.4, 0.5) sqrt(0.005).
+    assert float(groups[0]["test/acc_mean"]) == pytest.approx(0.8)
+    assert float(groups[0]["test/acc_sd"]) == pytest.approx(0.1)
+    assert float(groups[1]["test/acc_mean"]) == pytest.approx(0.45)
+    assert float(groups[1]["test/acc_sd"]) == pytest.approx(math.sqrt(0.005))
+    assert float(groups[1]["best_validation_mean"]) == pytest.approx(0.35)
+    assert "seed_mean" not in groups[0]
+    section = text.split("## Over seeds", 1)[1]
+    assert "| 0.003 | 3 | 1 2 3 | 0.7000 ± 0.1000 | 0.7000 ± 0.1000 |" in section
+    # Without a seed among the differing overrides there is no such section.
+    write_report(sweep, out=tmp_path / "plain")
+    assert not (tmp_path / "plain" / "report_seeds.csv").exists()
+    assert "Over seeds" not in (tmp_path / "plain" / "report.md").read_text()

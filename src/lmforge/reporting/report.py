@@ -6,6 +6,9 @@
 
 - `report.csv` and `report.md`: one row per finished run, best first by the optimized metric,
   with the overrides that differ between runs and every test and validation metric;
+- `report_seeds.csv` (and a section of report.md), where runs differ in `seed`: the runs that
+  differ only in their seed grouped, with n and the mean and sample standard deviation of each
+  metric, best group first;
 - `learning_curves.png`: train and validation loss and the validation metric per epoch;
 - `metric_vs_<key>.png`: the optimized metric against each swept hyperparameter;
 - `confusion_matrix.png`: the best run's test confusion matrix (single-label classification).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -53,6 +57,14 @@ REPORT_CSV = "report.csv"
 
 
 REPORT_MD = "report.md"
+
+
+SEEDS_CSV = "report_seeds.csv"
+
+
+# The override that repeats a run with other random numbers: runs differing only in it are one
+# setting measured several times.
+SEED_KEY = "seed"
 
 
 @dataclass
@@ -138,11 +150,18 @@ def build_report(
     report = Report(markdown=out_dir / REPORT_MD, finished=finished, skipped=skipped)
     columns, rows = _table(finished, shown)
     report.files.append(_write_csv(out_dir / REPORT_CSV, columns, rows))
+    groups = _seed_groups(finished, swept, metric, mode)
+    seed_columns: list[str] = []
+    seed_rows: list[list[Any]] = []
+    if groups:
+        seed_columns, seed_rows = _seed_table(groups, columns)
+        report.files.append(_write_csv(out_dir / SEEDS_CSV, seed_columns, seed_rows))
     best = next((r for r in finished if is_number(r.value)), finished[0] if finished else None)
     plots, param_plots = write_plots(finished, swept, metric, mode, best, out_dir)
     report.files += [*plots.values(), *param_plots.values()]
 
     text = _markdown(root, runs, finished, skipped, shown, metric, mode, columns, rows, best)
+    text += _markdown_seeds(groups, seed_columns, seed_rows, metric)
     text += _markdown_plots(plots, param_plots, finished, metric, best)
     report.markdown.write_text(text, encoding="utf-8")
     report.files.insert(0, report.markdown)
@@ -240,34 +259,96 @@ def _table(runs: list[Run], override_keys: list[str]) -> tuple[list[str], list[l
     columns += ["best_validation", *test_keys, *val_keys]
     columns += ["wall_time_seconds", "train_samples_per_second"]
     columns += ["trainable_parameters", "trainable_percent", "epochs_completed"]
-    rows = []
-    for run in runs:
-        cells: dict[str, Any] = {
-            "run": run.name,
-            **{k: run.overrides.get(k) for k in override_keys},
-            "optimized_metric": run.optimized_metric,
+    rows = [[_cells(run).get(c) for c in columns] for run in runs]
+    return columns, rows
+
+
+def _cells(run: Run) -> dict[str, Any]:
+    """One run's report.csv values by column."""
+    cells: dict[str, Any] = {
+        "run": run.name,
+        **run.overrides,
+        "optimized_metric": run.optimized_metric,
+    }
+    if (metrics := run.metrics) is not None:
+        parameters = metrics["parameters"]
+        best = metrics["best_validation"]
+        cells |= {
+            "task": metrics["task"],
+            "best_validation": best["value"] if best else None,
+            **metrics["validation"],
+            **metrics["test"],
+            "wall_time_seconds": metrics["wall_time_seconds"],
+            "train_samples_per_second": metrics["train_samples_per_second"],
+            "trainable_parameters": parameters["trainable"] if parameters else None,
+            "trainable_percent": parameters["trainable_percent"] if parameters else None,
+            "epochs_completed": metrics["epochs_completed"],
         }
-        if (metrics := run.metrics) is not None:
-            parameters = metrics["parameters"]
-            best = metrics["best_validation"]
-            cells |= {
-                "task": metrics["task"],
-                "best_validation": best["value"] if best else None,
-                **{k: metrics["test"].get(k) for k in test_keys},
-                **{k: metrics["validation"].get(k) for k in val_keys},
-                "wall_time_seconds": metrics["wall_time_seconds"],
-                "train_samples_per_second": metrics["train_samples_per_second"],
-                "trainable_parameters": parameters["trainable"] if parameters else None,
-                "trainable_percent": parameters["trainable_percent"] if parameters else None,
-                "epochs_completed": metrics["epochs_completed"],
-            }
-        rows.append([cells.get(c) for c in columns])
+    return cells
+
+
+@dataclass
+class SeedGroup:
+    """Finished runs whose overrides differ only in `seed`."""
+
+    settings: dict[str, str | None]
+    runs: list[Run]
+    value: float | None
+
+
+def _seed_groups(runs: list[Run], swept: list[str], metric: str, mode: str) -> list[SeedGroup]:
+    """The runs grouped by every swept override but the seed, best mean of `metric` first;
+    none when the seed is not among the swept overrides."""
+    if SEED_KEY not in swept:
+        return []
+    others = [k for k in swept if k != SEED_KEY]
+    grouped: dict[tuple[str | None, ...], list[Run]] = {}
+    for run in runs:
+        grouped.setdefault(tuple(run.overrides.get(k) for k in others), []).append(run)
+    groups = []
+    for key, members in grouped.items():
+        values = [float(r.value) for r in members if is_number(r.value)]  # type: ignore[arg-type]
+        mean = statistics.fmean(values) if values else None
+        groups.append(SeedGroup(dict(zip(others, key, strict=True)), members, mean))
+    sign = -1 if mode == "max" else 1
+    groups.sort(key=lambda g: (g.value is None, sign * (g.value or 0.0)))
+    return groups
+
+
+def _seed_table(
+    groups: list[SeedGroup], run_columns: list[str]
+) -> tuple[list[str], list[list[Any]]]:
+    """report_seeds.csv: per group its settings, n and seeds, then the mean and the sample
+    standard deviation (n - 1; empty for one value) of every numeric column of report.csv."""
+    settings = list(groups[0].settings)
+    numeric = [c for c in run_columns if c not in ("run", "task", "optimized_metric", *settings)]
+    cells = {id(r): _cells(r) for g in groups for r in g.runs}
+    numeric = [
+        c
+        for c in numeric
+        if c != SEED_KEY and any(is_number(cells[id(r)].get(c)) for g in groups for r in g.runs)
+    ]
+    columns = [*settings, "n", "seeds"]
+    columns += [f"{c}_{stat}" for c in numeric for stat in ("mean", "sd")]
+    rows = []
+    for group in groups:
+        seeds = sorted((str(r.overrides.get(SEED_KEY)) for r in group.runs), key=natural_key)
+        row: list[Any] = [*group.settings.values(), len(group.runs), " ".join(seeds)]
+        for column in numeric:
+            values = [
+                float(cells[id(r)][column])
+                for r in group.runs
+                if is_number(cells[id(r)].get(column))
+            ]
+            row.append(statistics.fmean(values) if values else None)
+            row.append(statistics.stdev(values) if len(values) > 1 else None)
+        rows.append(row)
     return columns, rows
 
 
 def _remove_old_report(out_dir: Path) -> None:
     """Delete the files an earlier report wrote here (a sweep's parameters may have changed)."""
-    names = {REPORT_CSV, REPORT_MD, CURVES_PNG, CONFUSION_PNG}
+    names = {REPORT_CSV, REPORT_MD, SEEDS_CSV, CURVES_PNG, CONFUSION_PNG}
     for path in out_dir.iterdir():
         if path.is_file() and (path.name in names or path.name.startswith(PARAM_PNG_PREFIX)):
             path.unlink()
@@ -323,6 +404,46 @@ def _markdown(
             lines.append(f"- `{run.name}`{detail}: {markdown_cell(run.skip_reason)}")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _markdown_seeds(
+    groups: list[SeedGroup], columns: list[str], rows: list[list[Any]], metric: str
+) -> str:
+    """The seed groups as mean ± sd of the sort metric, the best validation score and every
+    test metric (report_seeds.csv has every column)."""
+    if not groups:
+        return ""
+    settings = list(groups[0].settings)
+    shown = [
+        name for name in dict.fromkeys([metric, "best_validation"]) if f"{name}_mean" in columns
+    ]
+    shown += [
+        c[: -len("_mean")]
+        for c in columns
+        if c.startswith("test/") and c.endswith("_mean") and c[: -len("_mean")] not in shown
+    ]
+    lines = [
+        "## Over seeds",
+        "",
+        f"Runs that differ only in `{SEED_KEY}`, grouped: mean ± sample standard deviation "
+        f"(n - 1) over the n runs, best mean of `{metric}` first. Every column: {SEEDS_CSV}.",
+        "",
+    ]
+    header = [*settings, "n", "seeds", *shown]
+    lines.append("| " + " | ".join(markdown_cell(c) for c in header) + " |")
+    lines.append("| " + " | ".join("---" for _ in header) + " |")
+    for row in rows:
+        values = dict(zip(columns, row, strict=True))
+        cells = [markdown_cell(values[c]) for c in [*settings, "n", "seeds"]]
+        for name in shown:
+            mean, sd = values[f"{name}_mean"], values[f"{name}_sd"]
+            cells.append(
+                ""
+                if mean is None
+                else markdown_cell(mean) + (f" ± {markdown_cell(sd)}" if sd is not None else "")
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
 
 
 def _markdown_plots(
