@@ -82,6 +82,7 @@ def record_end(
         checkpoint=best["checkpoint"] if best else None,
         max_flipped=cfg.compare.max_flipped,
         predictions=predictions,
+        optimized_metric=str(cfg.optimized_metric or ""),
     )
     records = module.test_records() if after.get("test") and not predictions else None
     if records and (examples := scored_examples(records, module.example_metric)):
@@ -119,6 +120,8 @@ def record_end(
     elif records:
         write_test_records(run_dir, records)
     publish_run_results(run.trainer.loggers, run_dir, metrics)
+    if comparison["verdict"]:
+        log.info("%s", comparison["verdict"])
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return metrics

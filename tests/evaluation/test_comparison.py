@@ -25,6 +25,7 @@ from lmforge.evaluation.comparison import (
     render_comparison,
     run_test_with_predictions,
     start_label,
+    verdict,
 )
 from lmforge.tasks.text_classification.data import TextClassificationDataModule
 from lmforge.tasks.text_classification.module import TextClassificationModule
@@ -72,6 +73,28 @@ def test_without_a_before_measurement_the_table_has_no_before_column():
         }
     )
     assert "| metric | after: final weights |" in text and "before:" not in text
+
+
+def test_the_verdict_names_the_winner_and_the_differences():
+    before = {"test/acc": 0.5, "test/loss": 2.0}
+    baselines = {"majority": {"test/acc": 0.25, "test/loss": 1.1}, "tfidf": {"test/acc": 0.8}}
+    rows = comparison_rows(before, {"test/acc": 0.75, "test/loss": 1.0}, baselines)
+    # A validation key names the test metric; the best baseline is the highest accuracy.
+    assert verdict(rows, ["majority", "tfidf"], "val/acc") == (
+        "Verdict on test/acc: 0.7500 after, against the start 0.5000 (+0.2500) and the best "
+        "baseline `tfidf` 0.8000 (-0.0500): the best baseline `tfidf` is better, 0.0500 higher."
+    )
+    # Lower is better for the loss: the lowest baseline is the best, and both are beaten.
+    assert verdict(rows, ["majority", "tfidf"], "val/loss") == (
+        "Verdict on test/loss: 1.0000 after, against the start 2.0000 (-1.0000) and the best "
+        "baseline `majority` 1.1000 (-0.1000): fine-tuning beats the start and the best "
+        "baseline `majority`."
+    )
+    alone = comparison_rows(None, {"test/acc": 0.9}, {})
+    assert verdict(alone, [], "val/acc") == (
+        "Verdict on test/acc: 0.9000 after; no start or baseline was measured to compare it with."
+    )
+    assert verdict(alone, [], "val/f1_macro") is None
 
 
 def test_start_label_says_what_the_model_started_from():
@@ -300,6 +323,11 @@ def test_a_run_writes_the_comparison(compared_run):
     assert "predictions" not in before
 
     text = (compared_run / "comparison.md").read_text()
+    # The verdict on the optimized metric opens the page, with the run's own figures.
+    optimized = metrics["optimized_metric"].split("/")[-1]
+    assert comparison["verdict"].startswith(f"Verdict on test/{optimized}: ")
+    assert text.splitlines()[2] == f"**{comparison['verdict']}**"
+    assert "the best baseline `" in comparison["verdict"]
     assert "| before: pretrained " in text and ", fresh classifier | after: checkpoint " in text
     assert "| tfidf_logreg | frozen_probe |" in text
     assert "| test/loss (lower is better) |" in text

@@ -188,6 +188,46 @@ def comparison_rows(
     return rows
 
 
+def verdict(
+    rows: dict[str, dict[str, Any]], baselines: list[str], optimized_metric: str
+) -> str | None:
+    """One line on the run's optimized metric on test (its validation key when test lacks
+    it): the evaluated weights against the start and the best baseline, with the differences,
+    and which of them wins. None when the metric was not measured."""
+    name = optimized_metric.split("/", 1)[-1]
+    key = next((k for k in (f"test/{name}", optimized_metric) if k in rows), None)
+    if key is None or rows[key].get("after") is None:
+        return None
+    row = rows[key]
+    after, higher = float(row["after"]), bool(row["higher_is_better"])
+    rivals = [("the start", row["before"])] if row.get("before") is not None else []
+    scored = [(b, row[b]) for b in baselines if row.get(b) is not None]
+    if scored:
+        best, value = (max if higher else min)(scored, key=lambda item: item[1])
+        rivals.append((f"the best baseline `{best}`", value))
+    text = f"Verdict on {key}: {format_number(after)} after"
+    if not rivals:
+        return text + "; no start or baseline was measured to compare it with."
+    text += ", against " + " and ".join(
+        f"{label} {format_number(value)} ({format_number(after - value, signed=True)})"
+        for label, value in rivals
+    )
+    ahead = [
+        (label, value) for label, value in rivals if (value > after if higher else value < after)
+    ]
+    if not ahead:
+        tied = [label for label, value in rivals if value == after]
+        won = [label for label, _ in rivals if label not in tied]
+        return (
+            text
+            + (f": fine-tuning beats {' and '.join(won)}." if won else ": no change.")
+            + (f" It ties with {' and '.join(tied)}." if tied and won else "")
+        )
+    label, value = (max if higher else min)(ahead, key=lambda item: item[1])
+    direction = "higher" if higher else "lower"
+    return text + f": {label} is better, {format_number(abs(after - value))} {direction}."
+
+
 def build_comparison(
     module: TaskModule,
     datamodule: TextDataModule,
@@ -197,6 +237,7 @@ def build_comparison(
     checkpoint: str | None,
     max_flipped: int,
     predictions: SplitPredictions | None = None,
+    optimized_metric: str = "",
 ) -> dict[str, Any]:
     """The comparison record (metrics.json: comparison) of a finished run.
 
@@ -208,17 +249,20 @@ def build_comparison(
         checkpoint: the checkpoint the 'after' figures come from (None: the final weights).
         max_flipped: flipped test examples listed per direction (0: none).
         predictions: the evaluated weights' test predictions (`predict_test_split`).
+        optimized_metric: the run's `optimized_metric`, which the verdict line is about.
     """
     before_metrics = None
     if before is not None:
         before_metrics = {**before.get("validation", {}), **before.get("test", {})}
     after_metrics = {**after.get("validation", {}), **after.get("test", {})}
     scored = {name: b["metrics"] for name, b in baselines.items() if "metrics" in b}
+    rows = comparison_rows(before_metrics, after_metrics, scored)
     comparison: dict[str, Any] = {
         "before": None if before is None else start_label(before["start"]),
         "before_note": None if before is None else before["note"],
         "after": f"checkpoint {checkpoint}" if checkpoint else "final weights",
-        "rows": comparison_rows(before_metrics, after_metrics, scored),
+        "rows": rows,
+        "verdict": verdict(rows, list(scored), optimized_metric),
         "baselines": baselines,
         "task": module.task_name,
         "baseline_note": module.family.baseline_note,
@@ -333,6 +377,7 @@ def render_comparison(comparison: dict[str, Any]) -> str:
     lines = [
         "# Before and after fine-tuning",
         "",
+        *([f"**{comparison['verdict']}**", ""] if comparison.get("verdict") else []),
         _intro(comparison),
         "",
         "| " + " | ".join(markdown_cell(h) for h in header) + " |",
