@@ -139,6 +139,8 @@ class TextDataModule(pl.LightningDataModule):
         # dict for the log, `lmforge-check` and metrics.json.
         self.data_report: dict[str, Any] = {}
         self._dropped: dict[str, dict[str, Any]] = {}
+        # What `select_rows` did, per split, for the data checks (a few-shot draw's counts).
+        self.selection_notes: dict[str, str] = {}
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.lengths: dict[str, list[int]] = {}
@@ -364,9 +366,16 @@ class TextDataModule(pl.LightningDataModule):
         return {split: self._capped(split, raw[split]) for split in SPLITS if split in raw}
 
     def _capped(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
-        """The first `max_<split>_samples` rows of a split (all of them without a cap)."""
+        """The rows of a split the run uses: those `select_rows` keeps, then the first
+        `max_<split>_samples` of them (all of them without a cap)."""
+        dataset = self.select_rows(split, dataset)
         cap = self.caps[split]
         return dataset.select(range(cap)) if cap is not None and cap < len(dataset) else dataset
+
+    def select_rows(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """A task's own choice of rows (few-shot draws), made the same way on the tokenized
+        and the raw split; notes for the data checks go to `selection_notes`. All rows here."""
+        return dataset
 
     def _tokenize_with_stats(self, batch: dict[str, list]) -> dict[str, list]:
         encoded = self.tokenize(batch)
@@ -432,6 +441,8 @@ class TextDataModule(pl.LightningDataModule):
             self.prepare_data()
         try:
             self._load_cache(cache_path)
+        except LmforgeError:  # the data or settings are wrong, not the cache entry
+            raise
         except Exception as err:  # pyarrow, json and OS errors alike: the entry is unreadable
             # Damaged outside lmforge (a full disk, a partial copy, a truncated file): a cache
             # that cannot be read is a cache miss.
@@ -467,6 +478,7 @@ class TextDataModule(pl.LightningDataModule):
         report = json.loads(json.dumps(self.meta["data_checks"]))  # a copy to add to
         for split, dataset in self.splits.items():
             report["splits"][split]["used"] = len(dataset)
+        report["notes"] = [*report.get("notes", []), *self.selection_notes.values()]
         self.data_report = report
         log_report(report)
 

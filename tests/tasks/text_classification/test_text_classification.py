@@ -158,3 +158,66 @@ def test_unseen_test_label_is_refused(tmp_path, tiny_model):
 def test_single_class_is_refused(tmp_path, tiny_model):
     path = write_csv(tmp_path / "t.csv", [{"text": "a b", "label": "x"}] * 10)
     assert "single label" in classification_data_error(tmp_path, tiny_model, train_file=str(path))
+
+
+def _few_shot(tmp_path, tiny_model, tiny_data, **kwargs):
+    return classification_data(
+        tmp_path,
+        tiny_model,
+        train_file=str(tiny_data / "train.csv"),
+        validation_file=str(tiny_data / "validation.csv"),
+        test_file=str(tiny_data / "test.csv"),
+        **kwargs,
+    )
+
+
+def test_few_shot_draws_k_per_class_with_the_seed(tmp_path, tiny_model, tiny_data):
+    from collections import Counter
+
+    draws = {}
+    for seed in (1, 2):
+        dm = _few_shot(tmp_path, tiny_model, tiny_data, few_shot_k=4, seed=seed)
+        labels = dm.splits["train"]["labels"]
+        assert Counter(labels) == {0: 4, 1: 4, 2: 4}
+        # Validation and test stay whole unless asked; the note says what each class got.
+        assert len(dm.splits["validation"]) == 30 and len(dm.splits["test"]) == 30
+        assert (
+            f"train: few-shot draw of 4 per class (seed {seed}): cooking 4, music 4, sports 4"
+            in dm.data_report["notes"]
+        )
+        # The baselines read the same rows as the model.
+        raw = dm.raw_splits()["train"]
+        assert raw["labels"] == labels and len(raw) == 12
+        draws[seed] = dm.splits["train"]["input_ids"]
+        again = _few_shot(tmp_path / "again", tiny_model, tiny_data, few_shot_k=4, seed=seed)
+        assert again.splits["train"]["input_ids"] == draws[seed]
+    assert draws[1] != draws[2]
+    true_few_shot = _few_shot(
+        tmp_path, tiny_model, tiny_data, few_shot_k=2, few_shot_validation=True
+    )
+    assert Counter(true_few_shot.splits["validation"]["labels"]) == {0: 2, 1: 2, 2: 2}
+
+
+def test_few_shot_classes_short_of_k(tmp_path, tiny_model, tiny_data, caplog):
+    # tiny_data's training file has 32 examples of each topic.
+    message = classification_data_error(
+        tmp_path,
+        tiny_model,
+        train_file=str(tiny_data / "train.csv"),
+        validation_file=str(tiny_data / "validation.csv"),
+        test_file=str(tiny_data / "test.csv"),
+        few_shot_k=40,
+    )
+    assert "data.few_shot_k=40" in message and "'cooking' has 32" in message
+    assert "data.few_shot_strict=false" in message
+    dm = _few_shot(tmp_path, tiny_model, tiny_data, few_shot_k=40, few_shot_strict=False)
+    assert len(dm.splits["train"]) == 96
+    assert "fewer than 40 examples of 3 class(es)" in caplog.text
+    multi = classification_data_error(
+        tmp_path,
+        tiny_model,
+        train_file=str(tiny_data / "train.csv"),
+        few_shot_k=4,
+        multi_label=True,
+    )
+    assert "data.few_shot_k" in multi and "multi_label" in multi

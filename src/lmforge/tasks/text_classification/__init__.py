@@ -10,6 +10,9 @@ from lmforge.tasks.spec import DataFormat, TaskFamily
 
 class TextClassificationData(DataSchema):
     max_length: int | None = Field(ABSENT, gt=0)
+    few_shot_k: int | None = Field(ABSENT, gt=0)
+    few_shot_validation: bool = ABSENT
+    few_shot_strict: bool = ABSENT
 
 
 class TextClassificationModel(ModelSchema):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from typing import Any, cast
@@ -12,7 +13,10 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from lmforge.data.checks import row_numbers
 from lmforge.data.datamodule import TextDataModule
 from lmforge.data.sources import require_columns
+from lmforge.data.splits import SPLITS
 from lmforge.errors import LmforgeError
+
+log = logging.getLogger(__name__)
 
 
 def _is_missing(value: Any) -> bool:
@@ -39,9 +43,23 @@ class TextClassificationDataModule(TextDataModule):
         label_names: list[str] | None = None,
         multi_label: bool = False,
         label_separator: str = "|",
+        few_shot_k: int | None = None,
+        few_shot_validation: bool = False,
+        few_shot_strict: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if few_shot_k is not None and few_shot_k < 1:
+            raise LmforgeError(f"data.few_shot_k must be 1 or more (or null), got {few_shot_k}.")
+        if few_shot_k is not None and multi_label:
+            raise LmforgeError(
+                "data.few_shot_k draws K examples per class of single-label data; with "
+                "model.multi_label=true an example has several classes. Use "
+                "data.max_train_samples to cap multi-label data instead."
+            )
+        self.few_shot_k = few_shot_k
+        self.few_shot_validation = few_shot_validation
+        self.few_shot_strict = few_shot_strict
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.label_column = label_column
@@ -68,6 +86,45 @@ class TextClassificationDataModule(TextDataModule):
 
     def model_inputs(self) -> dict[str, Any]:
         return {"label_names": self.label_names}
+
+    def select_rows(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """Few-shot: `few_shot_k` examples of every class drawn with the seed from training
+        (and validation with `few_shot_validation`), in file order; a class with fewer is
+        refused (`few_shot_strict`) or kept whole with a warning."""
+        if self.few_shot_k is None or split not in (
+            ("train", "validation") if self.few_shot_validation else ("train",)
+        ):
+            return dataset
+        import numpy as np
+
+        k = self.few_shot_k
+        labels = np.asarray(dataset["labels"])
+        # One generator per split: the draw of validation does not depend on train's size.
+        generator = np.random.default_rng([self.seed, SPLITS.index(split)])
+        chosen, counts, short = [], {}, []
+        for label, name in enumerate(self.label_names):
+            rows = np.flatnonzero(labels == label)
+            if len(rows) < k:
+                short.append(f"{name!r} has {len(rows)}")
+            picked = generator.permutation(rows)[:k]
+            chosen += picked.tolist()
+            counts[name] = len(picked)
+        if short:
+            message = (
+                f"data.few_shot_k={k}: the {split} split ({self.source_of(split)}) has fewer "
+                f"than {k} examples of {len(short)} class(es): {', '.join(short)}."
+            )
+            if self.few_shot_strict:
+                raise LmforgeError(
+                    message + " Lower data.few_shot_k, or set data.few_shot_strict=false to "
+                    "keep every example of such a class."
+                )
+            log.warning("%s Every example of those is used.", message)
+        self.selection_notes[split] = (
+            f"{split}: few-shot draw of {k} per class (seed {self.seed}): "
+            + ", ".join(f"{name} {count}" for name, count in counts.items())
+        )
+        return dataset.select(sorted(chosen))
 
     def run_settings(self) -> dict[str, Any]:
         return {
