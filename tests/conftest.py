@@ -20,10 +20,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Under pytest-xdist every worker would start as many compute threads as the machine has
+# cores, so N workers oversubscribe the cores N times over; each gets its share instead (the
+# processes tests start inherit it).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-import datasets
+import datasets  # noqa: E402 (after the environment above)
 
-from tests.helpers import (
+from tests.helpers import (  # noqa: E402
     TINY_GPT2,
     compose_config,
     make_conll_sentences,

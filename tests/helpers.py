@@ -169,6 +169,29 @@ def run(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProces
 QUICK = ["evaluate_before=false", "test=false", "trainer.max_epochs=1", "++compare.baselines=[]"]
 
 
+# A quiet float32 run on every host (`auto` picks bf16-mixed only where bfloat16 measures
+# faster): no progress bars, CSV logs only.
+QUIET = [
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "callbacks.rich_progress_bar=null",
+    "logger=csv",
+]
+
+
+def train_run(root: Path, overrides: list[str]) -> Path:
+    """Train the composed `overrides` into `root`/run (tokenization cache in `root`/cache);
+    return the run directory."""
+    from lmforge.train import train
+
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "run")
+        cfg.paths.cache_dir = str(root / "cache")
+    train(cfg)
+    return root / "run"
+
+
 def train_tiny(root: Path, tiny_model: Path, tiny_data: Path, *overrides: str) -> Path:
     """Train a tiny run under `root`; return its best checkpoint."""
     from lmforge.train import train

@@ -536,7 +536,7 @@ def _write_info(
             "model_file": MODEL_FILES[fmt],
             "inputs": input_names,
             "outputs": list(family.export_outputs),
-            "auto_class": family.auto_class,
+            "auto_class": family.auto_class_for(settings),
             "pipeline_task": family.pipeline_tag,
             "model_type": model.config.model_type,
             "source_checkpoint": str(Path(str(cfg.ckpt_path)).expanduser().resolve()),

@@ -234,7 +234,7 @@ def load_export_folder(model_dir: str) -> tuple[TaskFamily, Any, Any, dict[str, 
     config = AutoConfig.from_pretrained(folder)
     family = export_family(settings.get("task"), config.architectures, model_dir)
     try:
-        model = family.auto_model_class().from_pretrained(folder)
+        model = family.auto_model_class(settings).from_pretrained(folder)
     except Exception as err:
         raise LmforgeError(
             f"model_dir={model_dir!r} could not be loaded as a {family.name} Hugging Face model "

@@ -22,8 +22,7 @@ from lmforge.config.embedded import EMBEDDED_MODELS, SOURCE_RECORD, EmbeddedMode
 from lmforge.errors import LmforgeError
 from lmforge.export import export
 from lmforge.predict import predict
-from lmforge.train import train
-from tests.helpers import CHATML, compose_config, write_tiny_gguf
+from tests.helpers import CHATML, QUIET, compose_config, train_run, write_tiny_gguf
 
 NAME = "tiny-chat"
 
@@ -145,7 +144,8 @@ def test_a_chat_run_on_an_embedded_llama_records_its_source_and_exports_what_pre
     """The shipped LoRA chat experiment on the tiny Llama by name: the run names the GGUF it
     came from; the exported folder, loaded by plain transformers through its own chat template,
     generates what lmforge-predict generates."""
-    cfg = compose_config(
+    train_run(
+        tmp_path,
         [
             "experiment=debian_chat_smollm2_lora",
             f"model.pretrained={NAME}",
@@ -155,16 +155,9 @@ def test_a_chat_run_on_an_embedded_llama_records_its_source_and_exports_what_pre
             "data.max_test_samples=8",
             "model.max_generate_samples=2",
             "model.answer_max_new_tokens=4",
-            "trainer.precision=32-true",
-            "trainer.enable_progress_bar=false",
-            "callbacks.rich_progress_bar=null",
-            "logger=csv",
-        ]
+            *QUIET,
+        ],
     )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     source = metrics["before_training"]["start"]["converted_from"]
     assert source["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()

@@ -126,13 +126,21 @@ def test_every_data_format_refuses_a_length_beyond_the_model_positions(name, dat
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """Each family's experiment, capped, trained once: name -> run directory."""
+def trained(tmp_path_factory, tiny_gpt2) -> dict[str, Path]:
+    """Each family's experiment, capped, trained once: name -> run directory. An experiment
+    on the embedded 135M causal LM runs on a tiny random GPT-2 here (the contract, not the
+    model: the slow tests run the real one)."""
     root = tmp_path_factory.mktemp("contract")
     runs = {}
     for name in FAMILY_NAMES:
         cfg = compose_config([f"experiment={FAMILIES[name].experiment}", *CAPPED])
         with open_dict(cfg):
+            if cfg.model.get("pretrained") == "smollm2-135m-instruct":
+                cfg.model.pretrained = str(tiny_gpt2)
+                if "chat_template" in cfg.model:  # the tiny model's tokenizer has none
+                    cfg.model.chat_template = False
+                if "max_length" in cfg.data:  # its 64 positions
+                    cfg.data.max_length = min(int(cfg.data.max_length), 64)
             cfg.paths.output_dir = str(root / name)
             cfg.paths.cache_dir = str(root / "cache")
             # Generation samples at validation end: not part of the contract, and slow.

@@ -459,7 +459,8 @@ def _baseline_lines(baselines: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["Baselines, on the same splits:", ""]
     for name, record in baselines.items():
         if "skipped" in record:
-            lines.append(f"- `{name}` ({record['description']}): skipped, {record['skipped']}.")
+            reason = str(record["skipped"]).rstrip(".")
+            lines.append(f"- `{name}` ({record['description']}): skipped, {reason}.")
             continue
         details = "".join(f"{k} {v}, " for k, v in record["details"].items())
         lines.append(f"- `{name}`: {record['description']} ({details}{record['seconds']} s).")

@@ -201,7 +201,7 @@ class TaskModule(pl.LightningModule):
     def load_pretrained(self, **config_fields: Any) -> PreTrainedModel:
         """Load `pretrained` through the family's Auto class, or rebuild it from a checkpoint's
         config (or `from_config`)."""
-        auto_class = self.family.auto_model_class()
+        auto_class = self.family.auto_model_class(dict(self.hparams))
         if self._hf_config is not None:
             config = AutoConfig.for_model(**{**self._hf_config, **config_fields})
             self.start = {"from": "checkpoint"}

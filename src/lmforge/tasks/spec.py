@@ -55,6 +55,8 @@ class TaskFamily:
             text, then instructions and chats), each with its datamodule and length key.
         predictor: dotted path of its predictor class (`lmforge-predict`, sample predictions).
         auto_class: the transformers Auto class of its models.
+        auto_class_by: for families whose Auto class depends on a model setting: the setting's
+            name and a table from its value to the Auto class (`auto_class` otherwise).
         pipeline_tag: the Hub task tag of its models (and the transformers `pipeline` task
             an exported folder loads in, where `has_pipeline`).
         has_pipeline: transformers has a pipeline for the task (transformers 5 removed the
@@ -124,6 +126,7 @@ class TaskFamily:
     model_schema: Any = None
     experiment: str = ""
     example_inputs: tuple[Any, ...] = ()
+    auto_class_by: tuple[str, Mapping[str, str]] | None = None
 
     @property
     def datamodule(self) -> str:
@@ -149,8 +152,15 @@ class TaskFamily:
     def predictor_class(self) -> Any:
         return load(self.predictor)
 
-    def auto_model_class(self) -> Any:
-        return load(f"transformers.{self.auto_class}")
+    def auto_class_for(self, settings: Mapping[str, Any] | None = None) -> str:
+        """The Auto class name of a model with these settings (hyperparameters, lmforge.json)."""
+        if self.auto_class_by is None or settings is None:
+            return self.auto_class
+        key, table = self.auto_class_by
+        return table.get(str(settings.get(key)), self.auto_class)
+
+    def auto_model_class(self, settings: Mapping[str, Any] | None = None) -> Any:
+        return load(f"transformers.{self.auto_class_for(settings)}")
 
     # ----- metrics -------------------------------------------------------------------------------
     def monitorable(self, cfg_flags: Mapping[str, bool] | None = None) -> list[str]:

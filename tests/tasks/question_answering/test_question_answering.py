@@ -33,17 +33,10 @@ from lmforge.tasks.question_answering.metrics import (
     token_f1,
 )
 from lmforge.tasks.question_answering.spans import Span, WindowSpans, best_answer, window_spans
-from lmforge.train import train
-from tests.helpers import compose_config
+from tests.helpers import QUIET, compose_config, train_run
 
 LANGUAGES = ["Python", "Perl", "Rust", "Haskell"]
 THINGS = ["images", "music", "mail", "maps", "fonts"]
-TINY_RUN = [
-    "trainer.precision=32-true",
-    "trainer.enable_progress_bar=false",
-    "callbacks.rich_progress_bar=null",
-    "logger=csv",
-]
 
 
 def _questions(n: int, seed: int) -> list[dict]:
@@ -458,7 +451,8 @@ def test_the_word_overlap_baseline_answers_next_to_the_question_words():
 @pytest.fixture(scope="module")
 def qa_run(tiny_model, squad, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("qa_run")
-    cfg = compose_config(
+    return train_run(
+        root,
         [
             "experiment=debian_qa_minilm",
             f"model.pretrained={tiny_model}",
@@ -467,14 +461,9 @@ def qa_run(tiny_model, squad, tmp_path_factory) -> Path:
             "data.doc_stride=16",
             "trainer.max_epochs=2",
             "optimizer.lr=3e-3",
-            *TINY_RUN,
-        ]
+            *QUIET,
+        ],
     )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "run")
-        cfg.paths.cache_dir = str(root / "cache")
-    train(cfg)
-    return root / "run"
 
 
 def test_a_run_scores_answers_runs_the_baselines_and_writes_its_records(qa_run, squad):
