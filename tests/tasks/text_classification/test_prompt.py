@@ -96,6 +96,35 @@ def test_causal_scores_are_mean_or_summed_continuation_log_probs(tiny_gpt2):
             assert float(got_mean[index]) == pytest.approx(by_hand / len(answer), abs=1e-4)
 
 
+def test_causal_scores_of_a_padded_batch_equal_those_of_each_text_alone(tmp_path, tiny_gpt2):
+    """Texts of different lengths share a batch (left-padded, one pass over the texts and the
+    cache repeated per label), for GPT-2's learned positions and a Llama's rotary ones."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+        )
+    )
+    models = [AutoModelForCausalLM.from_pretrained(tiny_gpt2), llama]
+    scorer = _scorer(tiny_gpt2, "causal", "{text} topic:", words=["cooking", "hamradio", "vcs"])
+    texts = [scorer.text_tokens(t) for t in ("guitar", "bake bread in the oven today")]
+    for model in models:
+        model.eval()
+        with torch.no_grad():
+            together = scorer.scores(model, texts)
+            alone = torch.cat([scorer.scores(model, [t]) for t in texts])
+        torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+
+
 def test_a_long_text_is_cut_and_the_pattern_kept(tiny_mlm):
     scorer = _scorer(tiny_mlm, "masked", "{text} It is about [MASK].", max_length=16)
     [sequence] = scorer.sequences([list(range(1000, 1100))])

@@ -191,23 +191,56 @@ class PromptScorer:
             at_mask = logits[torch.arange(len(sequences)), positions]  # (texts, vocab)
             words = torch.tensor([ids[0] for ids in self.label_ids], device=at_mask.device)
             return at_mask[:, words]
-        # Causal: every text with every label word after it, in one batch.
-        labels = len(self.label_ids)
-        pairs = [seq + word for seq in sequences for word in self.label_ids]
-        input_ids, attention = self._padded(pairs)
-        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
-        logps = F.log_softmax(logits.float(), dim=-1)
-        scores = []
-        for row, (seq, word) in enumerate(
-            (seq, word) for seq in sequences for word in self.label_ids
-        ):
-            # Token t of the word is predicted at the position before it.
-            start = len(seq)
-            positions = torch.arange(start - 1, start - 1 + len(word), device=logps.device)
-            targets = torch.tensor(word, device=logps.device)
-            total = logps[row, positions, targets].sum()
-            scores.append(total / len(word) if self.normalize == "mean" else total)
-        return torch.stack(scores).view(len(sequences), labels)
+        return self._continuation_scores(model, sequences)
+
+    def _continuation_scores(self, model: Any, sequences: list[list[int]]) -> torch.Tensor:
+        """Causal: each label word's log-probabilities after each text. The texts run once
+        (left-padded, positions counted from each start) and their key/value cache is repeated
+        for the labels, so only the words' few tokens run once per label: with 12 labels about
+        a tenth of the work of running every text once per label."""
+        labels, texts = len(self.label_ids), len(sequences)
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
+        mask = torch.tensor(
+            [[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device
+        )
+        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        context = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # The first token of every word is predicted at the text's last position.
+        first = F.log_softmax(context.logits[:, -1].float(), dim=-1)  # (texts, vocab)
+        longest = max(len(w) for w in self.label_ids)
+        totals = first[:, [w[0] for w in self.label_ids]]  # (texts, labels)
+        if longest > 1:
+            cache = context.past_key_values
+            cache.batch_repeat_interleave(labels)  # text-major: text 0's labels first
+            words = torch.tensor(
+                [w[:-1] + [pad] * (longest - len(w)) for w in self.label_ids], device=self.device
+            ).repeat(texts, 1)  # (texts * labels, longest - 1): each word but its last token
+            word_mask = torch.tensor(
+                [[1] * (len(w) - 1) + [0] * (longest - len(w)) for w in self.label_ids],
+                device=self.device,
+            ).repeat(texts, 1)
+            after = positions[:, -1:].repeat_interleave(labels, dim=0) + 1
+            rest = model(
+                input_ids=words,
+                attention_mask=torch.cat([mask.repeat_interleave(labels, dim=0), word_mask], 1),
+                position_ids=after + torch.arange(longest - 1, device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logps = F.log_softmax(
+                rest.logits.float(), dim=-1
+            )  # (texts * labels, longest - 1, vocab)
+            targets = torch.tensor(
+                [w[1:] + [0] * (longest - len(w)) for w in self.label_ids], device=self.device
+            ).repeat(texts, 1)
+            later = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * word_mask
+            totals = totals + later.sum(dim=1).view(texts, labels)
+        if self.normalize == "mean":
+            lengths = torch.tensor([len(w) for w in self.label_ids], device=totals.device)
+            totals = totals / lengths
+        return totals
 
     def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask (positions then count from each start)."""
