@@ -87,7 +87,7 @@ def test_the_verdict_names_the_winner_and_the_differences():
     # Lower is better for the loss: the lowest baseline is the best, and both are beaten.
     assert verdict(rows, ["majority", "tfidf"], "val/loss") == (
         "Verdict on test/loss: 1.0000 after, against the start 2.0000 (-1.0000) and the best "
-        "baseline `majority` 1.1000 (-0.1000): fine-tuning beats the start and the best "
+        "baseline `majority` 1.1000 (-0.1000): it beats the start and the best "
         "baseline `majority`."
     )
     alone = comparison_rows(None, {"test/acc": 0.9}, {})

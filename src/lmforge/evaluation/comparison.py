@@ -220,7 +220,7 @@ def verdict(
         won = [label for label, _ in rivals if label not in tied]
         return (
             text
-            + (f": fine-tuning beats {' and '.join(won)}." if won else ": no change.")
+            + (f": it beats {' and '.join(won)}." if won else ": no change.")
             + (f" It ties with {' and '.join(tied)}." if tied and won else "")
         )
     label, value = (max if higher else min)(ahead, key=lambda item: item[1])
