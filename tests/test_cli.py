@@ -50,6 +50,8 @@ def test_errors_are_one_paragraph_without_traceback(tmp_path, override, expected
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+    # Told before the precision probe's seconds of measuring (its verdict is never logged).
+    assert "Precision:" not in result.stdout + result.stderr
 
 
 def test_eval_of_a_missing_checkpoint(tmp_path):

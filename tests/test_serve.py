@@ -52,6 +52,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+# One worker starts the module's server once (make test runs --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("serve")
+
+
 @pytest.fixture(scope="module")
 def classifier(tiny_classifier) -> Path:
     return tiny_classifier

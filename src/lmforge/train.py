@@ -41,12 +41,14 @@ def train(
     """
     started = time.perf_counter()
     validate_training_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The data before the precision probe: a missing file or column is told at once, not
+    # after the probe's seconds of measuring.
+    datamodule = prepare_datamodule(cfg.data)
     precision = settle_precision(cfg)
     with matmul_precision(precision.matmul):
-        run_dir = Path(cfg.paths.output_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = prepare_datamodule(cfg.data)
         module = build_module(cfg, datamodule)
         run = build_trainer(cfg, run_dir, callbacks, precision.matmul)
         if process_rank() > 0:  # started by a cluster (SLURM, torchrun): it only trains

@@ -158,6 +158,8 @@ def trained(tmp_path_factory, tiny_gpt2) -> dict[str, Path]:
     return runs
 
 
+# One worker trains every family once for both tests (make test runs --dist loadgroup).
+@pytest.mark.xdist_group("contract_runs")
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_a_run_logs_exactly_the_metrics_the_spec_declares(name, trained):
     family = FAMILIES[name]
@@ -176,6 +178,8 @@ def test_a_run_logs_exactly_the_metrics_the_spec_declares(name, trained):
     assert {k.replace("val/", "test/", 1) for k in logged} == set(metrics["test"])
 
 
+# One worker trains every family once for both tests (make test runs --dist loadgroup).
+@pytest.mark.xdist_group("contract_runs")
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_a_checkpoint_predicts_and_exports_with_the_same_records(name, trained, tmp_path):
     family = FAMILIES[name]
