@@ -259,3 +259,24 @@ def test_sentence_pairs_are_refused(tmp_path, tiny_gpt2):
             "data.text_pair_column=other",
             "train=false",
         )
+
+
+def test_lora_trains_adapters_through_the_pattern(tmp_path, tiny_data, tiny_gpt2):
+    from lmforge.predict import predict
+
+    run = _run(tmp_path, tiny_data, tiny_gpt2, "finetune=lora", "evaluate_before=false")
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Rank 8 on each of the 2 layers' c_attn (32 in, 96 out): 2 * (32 * 8 + 8 * 96) weights.
+    assert metrics["parameters"]["trainable"] == 2 * (32 * 8 + 8 * 96)
+    assert metrics["finetune"]["name"] == "lora"
+    recorded = read_records(run / "test_predictions.jsonl")
+    cfg = compose_config(
+        [
+            f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+            f"input={[r['text'] for r in recorded]}",
+        ],
+        config_name="predict",
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "predict")
+    assert [r["label"] for r in read_records(predict(cfg))] == [r["predicted"] for r in recorded]
