@@ -130,6 +130,10 @@ class PromptScorer:
             self.front, self.back = full[:start], full[start + len(marker) :]
             if self.scorer == "causal":
                 self.back = []  # nothing follows the answer
+        # Looked up once, not per batch: the padding id, and the special tokens the datamodule
+        # put around each text (stripped before the pattern goes around it).
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.special_ids = set(tokenizer.all_special_ids)
         self.label_ids = [self._word_ids(word) for word in self.words]
         if self.scorer == "masked":
             long = [
@@ -200,7 +204,7 @@ class PromptScorer:
         a tenth of the work of running every text once per label."""
         labels, texts = len(self.label_ids), len(sequences)
         width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.pad_id
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
         mask = torch.tensor(
             [[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device
@@ -245,9 +249,7 @@ class PromptScorer:
     def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask (positions then count from each start)."""
         width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else 0
-        device = self.device
+        pad, device = self.pad_id, self.device
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
         mask = torch.tensor(
             [[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device
@@ -399,7 +401,7 @@ class PromptClassificationModule(TextClassificationModule):
         return self._scorer
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        special = set(self.scorer.tokenizer.all_special_ids)
+        special = self.scorer.special_ids
         texts = [
             strip_special(row[mask.bool()].tolist(), special)
             for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
