@@ -238,6 +238,15 @@ def test_runs_that_differ_only_in_seed_are_summarised_as_mean_and_sd(sweep, tmp_
     assert "seed_mean" not in groups[0]
     section = text.split("## Over seeds", 1)[1]
     assert "| 0.003 | 3 | 1 2 3 | 0.7000 ± 0.1000 | 0.7000 ± 0.1000 |" in section
+    # The plot of the sorting metric (val/acc) against lr draws the same means and sds.
+    from lmforge.reporting.plots import _seed_means
+    from lmforge.reporting.report import build_report
+
+    report = build_report(root)
+    assert (root / "report" / "metric_vs_optimizer.lr.png").is_file()
+    means = _seed_means(report.finished, "optimizer.lr", ["optimizer.lr", "seed"])
+    assert means[""]["0.003"] == pytest.approx((0.7, 0.1, 3))
+    assert means[""]["1e-05"] == pytest.approx((0.35, math.sqrt(0.005), 2))
     # Without a seed among the differing overrides there is no such section.
     write_report(sweep, out=tmp_path / "plain")
     assert not (tmp_path / "plain" / "report_seeds.csv").exists()

@@ -38,6 +38,10 @@ TRAIN_LOSS_KEYS = ("train/loss_step", "train/loss", "train/loss_epoch")
 VAL_LOSS_KEY = "val/loss"
 
 
+# The override that only repeats a run with other random draws (reports group runs over it).
+SEED_KEY = "seed"
+
+
 NO_METRICS_REASON = "no metrics.json: the run failed or was interrupted"
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.reporting.discovery import (
+    SEED_KEY,
     Curves,
     Run,
     is_number,
@@ -67,7 +69,7 @@ def write_plots(
         plots["curves"] = _plot_report_curves(finished, swept, curve_metric, out_dir / CURVES_PNG)
     param_plots = {}
     for key in swept:
-        plotted = _plot_metric_vs(finished, key, metric, mode, out_dir)
+        plotted = _plot_metric_vs(finished, key, metric, mode, out_dir, swept)
         if plotted:
             param_plots[key] = plotted
     confusion = best.metrics["confusion_matrix"] if best and best.metrics else None
@@ -240,11 +242,58 @@ def _style_axes(axes: Axes, ylabel: str) -> None:
     axes.grid(True, alpha=0.3)
 
 
+def _seed_means(
+    runs: list[Run], key: str, swept: list[str]
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Series (the other swept settings but the seed, as text) -> value of `key` -> the mean,
+    sample standard deviation and number of the runs that differ only in their seed."""
+    import statistics
+
+    others = [k for k in swept if k not in (key, SEED_KEY)]
+    values: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        if is_number(run.value):
+            series = overrides_text(run, others)
+            x = str(run.overrides.get(key))
+            values.setdefault(series, {}).setdefault(x, []).append(float(run.value))  # type: ignore[arg-type]
+    return {
+        series: {
+            x: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+            for x, v in by_x.items()
+        }
+        for series, by_x in values.items()
+    }
+
+
+def _draw_seed_means(
+    axes: Axes, means: dict[str, dict[str, tuple[float, float, int]]], where: Any
+) -> None:
+    """Each series' mean ± sd over seeds as error bars at `where(value)` on the x axis."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    for index, (series, by_x) in enumerate(sorted(means.items())):
+        xs = sorted(by_x, key=natural_key)
+        seeds = sorted({n for _, _, n in by_x.values()})
+        label = (series or "runs") + f": mean ± sd over {'/'.join(map(str, seeds))} seeds"
+        axes.errorbar(
+            [where(x) for x in xs],
+            [by_x[x][0] for x in xs],
+            yerr=[by_x[x][1] for x in xs],
+            fmt="s-",
+            capsize=5,
+            color=palette((index + 1) % 10),
+            label=label if len(label) <= 70 else label[:67] + "...",
+            zorder=5,
+        )
+
+
 def _plot_metric_vs(
-    runs: list[Run], key: str, metric: str, mode: str, out_dir: Path
+    runs: list[Run], key: str, metric: str, mode: str, out_dir: Path, swept: Sequence[str] = ()
 ) -> Path | None:
     """The sorting metric against one swept override: a scatter for numbers (log x when the
-    values span two decades or more), a box and strip per value otherwise."""
+    values span two decades or more), a box and strip per value otherwise. Where runs differ
+    in their seed too, each setting's mean ± sd over its seeds is drawn as error bars."""
     pairs = [(r.overrides.get(key), r.value) for r in runs if is_number(r.value)]
     if len(pairs) < 2:
         return None
@@ -262,6 +311,8 @@ def _plot_metric_vs(
         )
         if min(xs) > 0 and max(xs) / min(xs) >= 100:
             axes.set_xscale("log")
+        if SEED_KEY in swept and key != SEED_KEY:
+            _draw_seed_means(axes, _seed_means(runs, key, list(swept)), lambda x: float(x))
     else:
         import numpy as np
 
@@ -285,6 +336,10 @@ def _plot_metric_vs(
             zorder=4,
             label="best",
         )
+        if SEED_KEY in swept and key != SEED_KEY:
+            _draw_seed_means(
+                axes, _seed_means(runs, key, list(swept)), lambda x: categories.index(x)
+            )
         axes.set_xticks(positions, categories, rotation=30 if len(categories) > 4 else 0)
     axes.set_xlabel(key)
     axes.set_ylabel(f"{metric} ({mode})")

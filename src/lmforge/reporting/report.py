@@ -30,6 +30,7 @@ from typing import Any, cast
 from lmforge.errors import LmforgeError
 from lmforge.reporting.discovery import (
     HYDRA_DIR,
+    SEED_KEY,
     VAL_LOSS_KEY,
     Run,
     find_run_dirs,
@@ -64,7 +65,6 @@ SEEDS_CSV = "report_seeds.csv"
 
 # The override that repeats a run with other random numbers: runs differing only in it are one
 # setting measured several times.
-SEED_KEY = "seed"
 
 
 @dataclass
