@@ -423,3 +423,12 @@ def test_a_lora_checkpoint_predicts_like_its_merged_export(
     folder = export_folder(ckpt, tmp_path / "merged")
     from_folder = read_records(run_predict(f"model_dir={folder}", f"input={texts}"))
     assert_same_records(from_folder, from_checkpoint)
+
+
+def test_a_pair_model_refuses_a_list_where_its_second_text_goes():
+    from lmforge.tasks.predictor import Predictor
+
+    predictor = Predictor(None, None, {"max_length": 8, "text_pair_column": "context"}, None, "cpu")
+    assert predictor.pair_value(3, "input 1") == "3"
+    with pytest.raises(LmforgeError, match="input 1: the 'context' of this model is one text"):
+        predictor.pair_value(["a", "b"], "input 1")

@@ -131,7 +131,7 @@ def test_answers_equal_lmforge_predict(server, classifier, run_predict):
         ({}, None, 422, "no 'inputs' field"),
         ({"inputs": 3}, None, 422, "inputs must be a text"),
         ({"inputs": ["ok", 3]}, None, 422, "inputs[1] must be a text"),
-        ({"inputs": {"a": ["x"]}}, None, 422, "inputs.a must be a text"),
+        ({"inputs": {"a": [3]}}, None, 422, "inputs.a[0] must be a text"),
         ({"inputs": []}, None, 422, "empty list"),
         ({"inputs": "  "}, None, 422, "inputs is empty"),
         (
@@ -143,6 +143,7 @@ def test_answers_equal_lmforge_predict(server, classifier, run_predict):
         ({"inputs": ["a"] * 5}, None, 413, "5 inputs, more than serve.max_batch_size=4"),
         # Checked by the model's worker: a classifier reads one text per input.
         ({"inputs": {"question": "q", "context": "c"}}, None, 422, "reads one text per input"),
+        ({"inputs": {"a": ["x", "y"]}}, None, 422, "reads one text per input"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(server, body, raw, status, message):

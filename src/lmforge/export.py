@@ -86,8 +86,9 @@ def export(cfg: DictConfig) -> Path:
     if fmt not in family.export_formats:
         raise LmforgeError(
             f"format={fmt}: {family.name} models export as {', '.join(family.export_formats)} "
-            f"only (their output comes from a generation loop that calls the decoder once per "
-            f"token, which a single traced {fmt} graph does not hold)."
+            f"only: a {fmt} file holds one traced forward pass, and these models reach their "
+            "output otherwise (a generation loop calling the decoder once per token, or "
+            "scores read from several passes per input)."
         )
     model = run.module.export_model().eval()  # a copy with any adapter merged
     tokenizer, input_names = _export_tokenizer(family, model, str(run.tokenizer_dir))
@@ -95,6 +96,7 @@ def export(cfg: DictConfig) -> Path:
     example, checks = _parity_batches(tokenizer, texts, input_names, model)
     if family.decoder_inputs:
         example, *checks = [_with_decoder_inputs(b, model) for b in (example, *checks)]
+    example, *checks = [run.module.export_batch(b) for b in (example, *checks)]
 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)

@@ -325,7 +325,10 @@ def _typed_pair(item: Any, number: int, predictor: Predictor) -> InputText:
             f"input {number} has no text for {', '.join(map(repr, missing))}; found keys "
             f"{', '.join(map(repr, item)) or 'none'}. Expected {example}."
         )
-    return InputText(str(item[first]), str(item[second]), where=f"input {number}")
+    where = f"input {number}"
+    value = item[second]
+    value = list(value) if isinstance(value, ListConfig) else value
+    return InputText(str(item[first]), predictor.pair_value(value, where), where=where)
 
 
 def read_input_file(file: Path, predictor: Predictor) -> list[InputText]:
@@ -358,11 +361,12 @@ def read_input_file(file: Path, predictor: Predictor) -> list[InputText]:
             missing.append(row)
             continue
         words = predictor.reads_words and isinstance(text, list)
+        where = f"input={path!r} row {row}"
         inputs.append(
             InputText(
                 [str(w) for w in text] if words else str(text),
-                None if pair is None else str(pair),
-                where=f"input={path!r} row {row}",
+                None if pair is None else predictor.pair_value(pair, where),
+                where=where,
             )
         )
     if missing:

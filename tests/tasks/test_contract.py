@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -228,10 +229,13 @@ def served_records(checkpoint: Path, examples: tuple) -> list[dict]:
     return [json.loads(api.encode_response(answer).body)["prediction"] for answer in answers]
 
 
-def typed(example: str | dict[str, str]) -> str:
-    """One example input as typed on the command line: 'a text' or {column:'text',...}."""
+def typed(example: str | list[str] | dict[str, Any]) -> str:
+    """One example input as typed on the command line: 'a text', {column:'text',...} or,
+    for a list of texts (a question's choices), ['one','two']."""
     if isinstance(example, dict):
-        return "{" + ",".join(f"{key}:'{text}'" for key, text in example.items()) + "}"
+        return "{" + ",".join(f"{key}:{typed(text)}" for key, text in example.items()) + "}"
+    if isinstance(example, list):
+        return "[" + ",".join(typed(text) for text in example) + "]"
     return f"'{example}'"
 
 

@@ -131,7 +131,8 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
         of similar length (so short inputs are not padded to a long one's length)."""
         size = int(self.options["batch_size"])
         order = sorted(
-            range(len(inputs)), key=lambda i: len(inputs[i].text) + len(inputs[i].text_pair or "")
+            range(len(inputs)),
+            key=lambda i: len(inputs[i].text) + len(str(inputs[i].text_pair or "")),
         )
         out: list[Any] = [None] * len(inputs)
         for start in range(0, len(order), size):

@@ -91,7 +91,14 @@ def read_inputs(payload: Any, limits: Limits) -> Decoded:
         if isinstance(item, dict):
             if not item:
                 raise RequestRefused(422, f"{field} is an empty object.")
-            texts = [(f"{field}.{key}", text) for key, text in item.items()]
+            texts = []
+            for key, text in item.items():
+                if isinstance(text, list):  # a list of texts (a question's choices)
+                    if not text:
+                        raise RequestRefused(422, f"{field}.{key} is an empty list.")
+                    texts += [(f"{field}.{key}[{i}]", t) for i, t in enumerate(text)]
+                else:
+                    texts.append((f"{field}.{key}", text))
         elif isinstance(item, str):
             texts = [(field, item)]
         else:
@@ -146,5 +153,5 @@ def input_texts(decoded: Decoded, predictor: Any) -> list[Any]:
                 + (f" (missing {', '.join(map(repr, missing))})" if missing else "")
                 + "."
             )
-        texts.append(InputText(item[first], item[second], where=field))
+        texts.append(InputText(item[first], predictor.pair_value(item[second], field), where=field))
     return texts

@@ -184,6 +184,11 @@ class TaskModule(pl.LightningModule):
         names, thresholds), saved in an export's lmforge.json."""
         return {}
 
+    def export_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model inputs of an export's example and parity checks made of a batch of
+        encoded texts, one row per text (as they are for most families)."""
+        return batch
+
     def baseline_problem(self, name: str) -> str | None:
         """Why the baseline `name` (one the family lists) cannot run for this model, or None."""
         return None

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lmforge.errors import LmforgeError
+
 
 @dataclass
 class InputText:
@@ -18,7 +20,8 @@ class InputText:
     pair, and where it came from (for error messages)."""
 
     text: str | list[str]
-    text_pair: str | None = None
+    # The second text of a pair, or a question's choices (multiple choice).
+    text_pair: str | list[str] | None = None
     where: str = "input"
 
 
@@ -58,6 +61,16 @@ class Predictor:
     @property
     def label_names(self) -> list[str]:
         return list(self.settings.get("labels") or [])
+
+    def pair_value(self, value: Any, where: str) -> Any:
+        """The second input of a pair as this model reads it (a text here; a family whose
+        second input is a list, such as a question's choices, parses and checks it)."""
+        if isinstance(value, list | tuple | dict):
+            raise LmforgeError(
+                f"{where}: the {self.text_pair_column!r} of this model is one text, not "
+                f"a {type(value).__name__}."
+            )
+        return str(value)
 
     def check(self, inputs: list[InputText]) -> None:
         """Refuse inputs this model cannot predict on, before any prediction runs."""

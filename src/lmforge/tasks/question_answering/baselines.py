@@ -14,6 +14,7 @@ from typing import Any
 from lmforge.data.datamodule import TextDataModule
 from lmforge.data.splits import EVALUATED
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.answers import COMMON_WORDS
 from lmforge.evaluation.baselines import chosen_on_validation
 from lmforge.tasks.base import TaskModule
 from lmforge.tasks.question_answering.data import QuestionAnsweringDataModule
@@ -22,64 +23,6 @@ from lmforge.tasks.question_answering.module import QuestionAnsweringModule
 # Answer lengths (words) the word-overlap baseline tries, and the words it looks at on each side.
 OVERLAP_WIDTHS = (1, 2, 3, 4, 6, 8)
 OVERLAP_WINDOW = 10
-# Words too common to say which part of a context a question is about.
-QUESTION_STOPWORDS = frozenset(
-    {
-        "a",
-        "an",
-        "the",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "for",
-        "by",
-        "with",
-        "from",
-        "and",
-        "or",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "does",
-        "do",
-        "did",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "there",
-        "their",
-        "they",
-        "he",
-        "she",
-        "his",
-        "her",
-        "as",
-        "into",
-        "than",
-    }
-)
 
 
 def word_overlap(module: TaskModule, datamodule: TextDataModule, device: Any) -> tuple[dict, dict]:
@@ -100,7 +43,7 @@ def word_overlap_answer(question: str, context: str, width: int) -> str:
     distance in words (its nearest occurrence). A span holds no question word and neither
     starts nor ends with a common word; the earliest span wins a tie; outer punctuation is
     trimmed."""
-    asked = {_word(t) for t in question.split()} - QUESTION_STOPWORDS - {""}
+    asked = {_word(t) for t in question.split()} - COMMON_WORDS - {""}
     tokens = [(m.start(), m.end(), _word(m.group())) for m in re.finditer(r"\S+", context)]
     best, best_score = None, -1.0
     for i in range(max(len(tokens) - width + 1, 0)):
@@ -108,7 +51,7 @@ def word_overlap_answer(question: str, context: str, width: int) -> str:
         words = [word for _, _, word in span]
         if any(w in asked for w in words) or not words[0] or not words[-1]:
             continue
-        if words[0] in QUESTION_STOPWORDS or words[-1] in QUESTION_STOPWORDS:
+        if words[0] in COMMON_WORDS or words[-1] in COMMON_WORDS:
             continue
         nearest: dict[str, float] = {}
         last = i + width - 1

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.continuations import NORMALIZE, chat_pattern, continuation_scores
 from lmforge.tasks.predictor import InputText
 from lmforge.tasks.text_classification.module import TextClassificationModule
 from lmforge.tasks.text_classification.predict import TextClassificationPredictor
@@ -38,14 +39,11 @@ from lmforge.tasks.text_classification.predict import TextClassificationPredicto
 log = logging.getLogger(__name__)
 
 SCORERS = ("masked", "causal")
-NORMALIZE = ("mean", "sum")
 TEXT_FIELD = "text"
 MASK = "[MASK]"
 # Inputs that say nothing, whose label probabilities measure the model's prior for
 # contextual calibration.
 CONTENT_FREE = ("N/A", "")
-# A stand-in for the text while a chat template renders the pattern (split out after).
-_TEXT_MARK = "\x00lmforge-text\x00"
 
 
 def check_pattern(pattern: str, scorer: str) -> None:
@@ -105,17 +103,7 @@ class PromptScorer:
                 )
             pattern = pattern.replace(MASK, str(tokenizer.mask_token))
         if self.chat_template:
-            if not getattr(tokenizer, "chat_template", None):
-                raise LmforgeError(
-                    "model.chat_template=true, but the tokenizer has no chat template; set it "
-                    "to false (the pattern is then plain text)."
-                )
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": pattern.replace("{text}", _TEXT_MARK)}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            before, _, after = str(rendered).partition(_TEXT_MARK)
+            before, after = chat_pattern(tokenizer, pattern, TEXT_FIELD)
             self.prefix = self._ids(before)
             self.suffix = self._ids(after)
             self.front: list[int] = []  # the template writes any BOS itself
@@ -198,53 +186,16 @@ class PromptScorer:
         return self._continuation_scores(model, sequences)
 
     def _continuation_scores(self, model: Any, sequences: list[list[int]]) -> torch.Tensor:
-        """Causal: each label word's log-probabilities after each text. The texts run once
-        (left-padded, positions counted from each start) and their key/value cache is repeated
-        for the labels, so only the words' few tokens run once per label: with 12 labels about
-        a tenth of the work of running every text once per label."""
-        labels, texts = len(self.label_ids), len(sequences)
-        width = max(len(s) for s in sequences)
-        pad = self.pad_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
-        mask = torch.tensor(
-            [[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device
+        """Causal: each label word's log-probability after each text (the texts run once and
+        their cache serves every label; see `continuation_scores`)."""
+        return continuation_scores(
+            model,
+            sequences,
+            [self.label_ids] * len(sequences),
+            self.pad_id,
+            self.device,
+            self.normalize,
         )
-        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
-        context = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        # The first token of every word is predicted at the text's last position.
-        first = F.log_softmax(context.logits[:, -1].float(), dim=-1)  # (texts, vocab)
-        longest = max(len(w) for w in self.label_ids)
-        totals = first[:, [w[0] for w in self.label_ids]]  # (texts, labels)
-        if longest > 1:
-            cache = context.past_key_values
-            cache.batch_repeat_interleave(labels)  # text-major: text 0's labels first
-            words = torch.tensor(
-                [w[:-1] + [pad] * (longest - len(w)) for w in self.label_ids], device=self.device
-            ).repeat(texts, 1)  # (texts * labels, longest - 1): each word but its last token
-            word_mask = torch.tensor(
-                [[1] * (len(w) - 1) + [0] * (longest - len(w)) for w in self.label_ids],
-                device=self.device,
-            ).repeat(texts, 1)
-            after = positions[:, -1:].repeat_interleave(labels, dim=0) + 1
-            rest = model(
-                input_ids=words,
-                attention_mask=torch.cat([mask.repeat_interleave(labels, dim=0), word_mask], 1),
-                position_ids=after + torch.arange(longest - 1, device=self.device),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logps = F.log_softmax(
-                rest.logits.float(), dim=-1
-            )  # (texts * labels, longest - 1, vocab)
-            targets = torch.tensor(
-                [w[1:] + [0] * (longest - len(w)) for w in self.label_ids], device=self.device
-            ).repeat(texts, 1)
-            later = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * word_mask
-            totals = totals + later.sum(dim=1).view(texts, labels)
-        if self.normalize == "mean":
-            lengths = torch.tensor([len(w) for w in self.label_ids], device=totals.device)
-            totals = totals / lengths
-        return totals
 
     def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask (positions then count from each start)."""
