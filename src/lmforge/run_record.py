@@ -111,6 +111,7 @@ def record_end(
         "data_checks": datamodule.data_report,
         "resumed_from": evaluations["resumed"],
         "evaluation_details": module.evaluation_details(),
+        "pruned": run.reporter.pruned if run.reporter is not None else None,
     }
     path = write_run_metrics(run_dir, metrics)
     write_comparison(run_dir, comparison)

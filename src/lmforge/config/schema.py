@@ -140,6 +140,15 @@ class PrecisionProbeSchema(Section):
     refresh: bool = ABSENT
 
 
+class TrialSchema(Section):
+    study_name: str | None = ABSENT
+    storage: str | None = ABSENT
+    number: int | None = Field(ABSENT, ge=0)
+    pruner: Literal["none", "median", "asha", "hyperband"] = ABSENT
+    pruner_warmup: int = Field(ABSENT, ge=0)
+    pruner_startup_trials: int = Field(ABSENT, ge=0)
+
+
 class TrainSchema(Section):
     """Every top-level key of conf/train.yaml; groups without shared keys are `Any`."""
 
@@ -160,6 +169,7 @@ class TrainSchema(Section):
     optimized_metric: str = ABSENT
     optimized_mode: Literal["min", "max"] = ABSENT
     run_id: str = ABSENT
+    trial: TrialSchema = ABSENT
     data: DataSchema = ABSENT
     model: ModelSchema = ABSENT
     optimizer: OptimizerSchema = ABSENT

@@ -61,6 +61,8 @@ REPORT_MD = "report.md"
 
 
 SEEDS_CSV = "report_seeds.csv"
+# Overrides a sweep gives each trial's run to name its study and trial (not settings).
+TRIAL_PREFIX = "trial."
 
 
 # The override that repeats a run with other random numbers: runs differing only in it are one
@@ -236,6 +238,8 @@ def _sort_key(run: Run, mode: str) -> tuple[int, float, list[Any]]:
 def _differing_keys(runs: list[Run]) -> list[str]:
     """Override keys whose value is not the same in every run (absent counts as a value)."""
     keys = sorted({k for r in runs for k in r.overrides}, key=natural_key)
+    # A sweep tells each trial's run its study and trial number (trial.*): not a setting.
+    keys = [k for k in keys if not k.startswith(TRIAL_PREFIX)]
     return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
 
 
@@ -259,6 +263,7 @@ def _table(runs: list[Run], override_keys: list[str]) -> tuple[list[str], list[l
     columns += ["best_validation", *test_keys, *val_keys]
     columns += ["wall_time_seconds", "train_samples_per_second"]
     columns += ["trainable_parameters", "trainable_percent", "epochs_completed"]
+    columns += ["pruned_at_epoch"] if any(_pruned(r) for r in runs) else []
     rows = [[_cells(run).get(c) for c in columns] for run in runs]
     return columns, rows
 
@@ -283,8 +288,32 @@ def _cells(run: Run) -> dict[str, Any]:
             "trainable_parameters": parameters["trainable"] if parameters else None,
             "trainable_percent": parameters["trainable_percent"] if parameters else None,
             "epochs_completed": metrics["epochs_completed"],
+            "pruned_at_epoch": pruned["epoch"] if (pruned := _pruned(run)) else None,
         }
     return cells
+
+
+def _pruned(run: Run) -> dict[str, Any] | None:
+    """Where the sweep's pruner stopped a run (None: it was not pruned; older runs say nothing)."""
+    return run.metrics.get("pruned") if run.metrics else None
+
+
+def _pruning_line(runs: list[Run]) -> str | None:
+    """How many runs the sweep's pruner stopped, and the epochs that saved against each of
+    them running to its trainer.max_epochs."""
+    pruned = [r for r in runs if _pruned(r)]
+    if not pruned:
+        return None
+    saved = 0
+    for run in pruned:
+        limit = run.config.get("trainer", {}).get("max_epochs") if run.config else None
+        if isinstance(limit, int) and limit > 0 and run.metrics:
+            saved += max(limit - run.metrics["epochs_completed"], 0)
+    names = ", ".join(f"`{r.name}` (epoch {(_pruned(r) or {}).get('epoch')})" for r in pruned)
+    return (
+        f"- pruned by the sweep's pruner: {len(pruned)} of {len(runs)} runs, {saved} "
+        f"epoch(s) not trained against trainer.max_epochs: {names}"
+    )
 
 
 @dataclass
@@ -386,6 +415,8 @@ def _markdown(
             f"- best run: `{best.name}` ({metric} = {markdown_cell(best.value)})"
             + (f", overrides `{overrides}`" if overrides else "")
         )
+    if line := _pruning_line(finished):
+        lines.append(line)
     shared = sorted(set.intersection(*(set(r.overrides.items()) for r in runs)))
     if len(runs) > 1 and shared:
         lines.append("- overrides of every run: `" + " ".join(f"{k}={v}" for k, v in shared) + "`")

@@ -59,6 +59,8 @@ class RunMetrics(TypedDict):
     data_checks: dict[str, Any]
     resumed_from: dict[str, Any] | None
     evaluation_details: dict[str, Any]
+    # A sweep trial stopped by the sweep's pruner: the validation, epoch, step and value where.
+    pruned: dict[str, Any] | None
 
 
 class EvalMetrics(TypedDict):

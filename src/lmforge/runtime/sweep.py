@@ -17,6 +17,12 @@ storage fails under SQLAlchemy 2), reruns `n_trials` more trials on every restar
 jobs from 0 again, overwriting the earlier job directories. This one uses Optuna's ask-and-tell
 interface of current releases and Hydra's own override grammar for the search space.
 
+Pruning (`pruner`: median, asha, hyperband; none by default): every trial's run is told its
+study, storage and trial number through the config (`trial.*`); its `TrialReporter` callback
+reports the monitored validation metric after each validation and, when the pruner says so,
+stops training there. The run still tests its best checkpoint and writes its full record
+(metrics.json says `pruned` and where); the sweeper then ends the trial PRUNED.
+
 One sweeper process per study: at start-up, trials left RUNNING are taken as interrupted.
 """
 
@@ -46,6 +52,32 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
+PRUNERS = ("none", "median", "asha", "hyperband")
+# The user attribute a pruned run leaves on its trial: where it stopped.
+PRUNED_ATTR = "pruned"
+
+
+def build_pruner(name: str, warmup: int, startup_trials: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner called `name`: `median` prunes a trial whose value at a validation is
+    worse than the median of earlier trials there (after `startup_trials` finished trials and
+    `warmup` validations of its own); `asha` (successive halving) and `hyperband` compare
+    trials at rungs of at least `warmup` validations; `none` never prunes."""
+    import optuna
+
+    if name not in PRUNERS:
+        raise LmforgeError(f"hydra.sweeper.pruner={name!r}: expected one of {', '.join(PRUNERS)}.")
+    if warmup < 0 or startup_trials < 0:
+        raise LmforgeError(
+            "hydra.sweeper.pruner_warmup and pruner_startup_trials must be 0 or more, got "
+            f"{warmup} and {startup_trials}."
+        )
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(warmup, 1))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(warmup, 1))
+    return optuna.pruners.NopPruner()
 
 
 def distribution_for(override: Override) -> optuna.distributions.BaseDistribution:
@@ -106,6 +138,11 @@ def split_search_space(
     return space, fixed
 
 
+def quoted(text: str) -> str:
+    """A text as a quoted value of Hydra's override grammar."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def trial_overrides(params: Mapping[str, Any]) -> list[str]:
     """Hydra overrides that set a trial's sampled parameters."""
     return [
@@ -149,6 +186,9 @@ class OptunaSweeper(Sweeper):
         sampler: an Optuna sampler config (`_target_`), e.g. TPESampler with a seed.
         params: search space as Hydra sweep overrides (`key: interval(1e-5, 1e-3)`...).
         retry_interrupted: queue the parameters of trials a killed sweep left unfinished.
+        pruner: none, median, asha or hyperband (`build_pruner`).
+        pruner_warmup: validations before a trial may be pruned (the first rung).
+        pruner_startup_trials: median: finished trials before any is pruned.
     """
 
     def __init__(
@@ -161,6 +201,9 @@ class OptunaSweeper(Sweeper):
         sampler: Any,
         params: DictConfig | None,
         retry_interrupted: bool,
+        pruner: str = "none",
+        pruner_warmup: int = 1,
+        pruner_startup_trials: int = 3,
     ) -> None:
         if str(direction) not in DIRECTIONS:
             raise LmforgeError(
@@ -177,6 +220,12 @@ class OptunaSweeper(Sweeper):
         self.sampler_config = sampler
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.retry_interrupted = retry_interrupted
+        self.pruner: dict[str, Any] = {
+            "pruner": str(pruner),
+            "pruner_warmup": int(pruner_warmup),
+            "pruner_startup_trials": int(pruner_startup_trials),
+        }
+        self._pruner()  # refuses bad settings before any trial runs
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.hydra_context: HydraContext | None = None
@@ -250,6 +299,7 @@ class OptunaSweeper(Sweeper):
             study_name=self.study_name,
             storage=self._storage_url(sweep_dir),
             sampler=sampler,
+            pruner=self._pruner(),
             direction=self.direction,
             load_if_exists=True,
         )
@@ -288,7 +338,10 @@ class OptunaSweeper(Sweeper):
 
         numbers = [trial.number for trial in batch]
         self._check_job_dirs_are_new(sweep_dir, numbers)
-        jobs = [[*fixed, *trial_overrides(trial.params)] for trial in batch]
+        jobs = [
+            [*fixed, *trial_overrides(trial.params), *self._trial_settings(trial, sweep_dir)]
+            for trial in batch
+        ]
         # Job numbers are trial numbers, which a study never reuses: dirs stay unique on resume.
         consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
         try:
@@ -309,6 +362,31 @@ class OptunaSweeper(Sweeper):
             raise
         for trial, result in zip(batch, results, strict=True):
             self._tell(study, trial, result)
+
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        settings = self.pruner
+        return build_pruner(
+            settings["pruner"], settings["pruner_warmup"], settings["pruner_startup_trials"]
+        )
+
+    def _trial_settings(self, trial: optuna.Trial, sweep_dir: Path) -> list[str]:
+        """The overrides that tell a trial's run its study and trial (`trial.*`), so it can
+        report to it and be pruned, in whatever process or machine it runs."""
+        if self.pruner["pruner"] == "none":
+            return []
+        settings = {
+            "study_name": self.study_name,
+            "storage": self._storage_url(sweep_dir),
+            "number": trial.number,
+            **self.pruner,
+        }
+        # Quoted: storage URLs and study names hold characters Hydra's grammar would parse.
+        return [
+            f"trial.{key}={value}"
+            if isinstance(value, int)
+            else f"trial.{key}={quoted(str(value))}"
+            for key, value in settings.items()
+        ]
 
     def _check_job_dirs_are_new(self, sweep_dir: Path, numbers: list[int]) -> None:
         assert self.config is not None
@@ -338,6 +416,18 @@ class OptunaSweeper(Sweeper):
             study.tell(trial, state=TrialState.FAIL)
             return
         value = result.return_value
+        pruned = study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_ATTR)
+        if pruned:
+            # Optuna keeps the last reported value as a pruned trial's value.
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info(
+                "Trial %d pruned at validation %d (epoch %d): %s",
+                trial.number,
+                pruned["validation"],
+                pruned["epoch"],
+                trial.params,
+            )
+            return
         if value is None or not math.isfinite(float(value)):
             log.warning(
                 "Trial %d returned no usable value (%r): marked failed. The run's "
@@ -361,6 +451,8 @@ class OptunaSweeper(Sweeper):
             "n_trials": self.n_trials,
             "completed": len(completed),
             "failed": sum(t.state == TrialState.FAIL for t in study.trials),
+            "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
+            "pruner": self.pruner["pruner"],
             "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in study.trials),
         }
         if completed:

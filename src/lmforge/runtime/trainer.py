@@ -28,6 +28,7 @@ from lmforge.runtime.callbacks import (
 )
 from lmforge.runtime.checkpoints import read_checkpoint, use_atomic_checkpoints
 from lmforge.runtime.rundir import LAST_CHECKPOINT
+from lmforge.runtime.trials import TrialReporter, trial_reporter
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class RunTrainer:
     trainer: pl.Trainer
     throughput: TrainThroughput
     stop: GracefulStop
+    # The callback of a sweep trial that reports to its study (None outside pruned sweeps).
+    reporter: TrialReporter | None = None
     samples_per_second: float | None = None
     progress: dict[str, int] = field(
         default_factory=lambda: {"epochs_completed": 0, "global_step": 0}
@@ -57,6 +60,9 @@ def build_trainer(
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
     extra: list[pl.Callback] = [RandomState(), throughput, stop, FiniteLoss(), *callbacks]
+    reporter = trial_reporter(cfg)  # a trial of a pruned sweep reports to its study
+    if reporter is not None:
+        extra.append(reporter)
     if matmul:
         extra.append(MatmulPrecision(matmul))  # spawned DDP workers start with torch's default
     if cfg.get("compile") and cfg.compile.enabled:
@@ -75,7 +81,7 @@ def build_trainer(
     use_atomic_checkpoints(trainer.strategy)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    return RunTrainer(trainer, throughput, stop)
+    return RunTrainer(trainer, throughput, stop, reporter)
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
