@@ -247,6 +247,14 @@ def test_runs_that_differ_only_in_seed_are_summarised_as_mean_and_sd(sweep, tmp_
     means = _seed_means(report.finished, "optimizer.lr", ["optimizer.lr", "seed"])
     assert means[""]["0.003"] == pytest.approx((0.7, 0.1, 3))
     assert means[""]["1e-05"] == pytest.approx((0.35, math.sqrt(0.005), 2))
+    # A key some runs lack is a category "(not set)" in the plot and in the error bars.
+    write_overrides(root / "0.003_1", ["optimizer.lr=0.003", "seed=1", "trainer.max_epochs=2"])
+    report = build_report(root)
+    means = _seed_means(
+        report.finished, "trainer.max_epochs", ["optimizer.lr", "seed", "trainer.max_epochs"]
+    )
+    assert means["optimizer.lr=0.003"]["(not set)"][2] == 2
+    assert (root / "report" / "metric_vs_trainer.max_epochs.png").is_file()
     # Without a seed among the differing overrides there is no such section.
     write_report(sweep, out=tmp_path / "plain")
     assert not (tmp_path / "plain" / "report_seeds.csv").exists()

@@ -242,6 +242,11 @@ def _style_axes(axes: Axes, ylabel: str) -> None:
     axes.grid(True, alpha=0.3)
 
 
+def _category(value: str | None) -> str:
+    """A setting's value as a plot category (a run without the override: "(not set)")."""
+    return str(value) if value is not None else "(not set)"
+
+
 def _seed_means(
     runs: list[Run], key: str, swept: list[str]
 ) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -254,7 +259,7 @@ def _seed_means(
     for run in runs:
         if is_number(run.value):
             series = overrides_text(run, others)
-            x = str(run.overrides.get(key))
+            x = _category(run.overrides.get(key))
             values.setdefault(series, {}).setdefault(x, []).append(float(run.value))  # type: ignore[arg-type]
     return {
         series: {
@@ -316,7 +321,7 @@ def _plot_metric_vs(
     else:
         import numpy as np
 
-        values = [str(v) if v is not None else "(not set)" for v, _ in pairs]
+        values = [_category(v) for v, _ in pairs]
         scores = [float(y) for _, y in pairs]  # type: ignore[arg-type]
         categories = sorted(set(values), key=natural_key)
         groups = [[s for v, s in zip(values, scores, strict=True) if v == c] for c in categories]
