@@ -105,9 +105,14 @@ def continuation_scores(
         totals = totals + later.sum(dim=1)
     if normalize == "mean":
         totals = totals / torch.tensor([len(c) for c in flat], device=totals.device)
-    scores = torch.full((len(prompts), max(counts)), float("-inf"), device=totals.device)
-    real = (
-        torch.arange(max(counts), device=device)[None, :]
-        < torch.tensor(counts, device=device)[:, None]
-    )
-    return scores.masked_scatter(real, totals)
+    return per_row(totals, counts)
+
+
+def per_row(values: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Flat scores (row 0's first, then row 1's, ...) as (rows, most counts), -inf past each
+    row's own count: the padded layout a softmax over each row's real entries needs."""
+    device = values.device
+    positions = torch.arange(max(counts), device=device)[None, :]
+    real = positions < torch.tensor(counts, device=device)[:, None]
+    scores = torch.full(real.shape, float("-inf"), device=device, dtype=values.dtype)
+    return scores.masked_scatter(real, values)

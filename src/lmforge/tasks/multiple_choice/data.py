@@ -135,9 +135,6 @@ class MultipleChoiceDataModule(TextDataModule):
         self.choice_separator = choice_separator
 
     # ----- what the model and predict are told ------------------------------------------------
-    def model_inputs(self) -> dict[str, Any]:
-        return {}
-
     def run_settings(self) -> dict[str, Any]:
         return {
             **super().run_settings(),

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.continuations import per_row
 from lmforge.tasks.multiple_choice.data import position_name
 from lmforge.tasks.multiple_choice.module import ChoiceScorer
 from lmforge.tasks.predictor import InputText, Predictor
@@ -86,13 +87,7 @@ class MultipleChoicePredictor(Predictor):
             ).to(self.device)
             # Every choice of the batch in one row: (1, choices, tokens) -> (1, choices).
             logits = self.model(**{k: v.unsqueeze(0) for k, v in encoded.items()}).logits[0]
-            counts = [len(own) for own in choices]
-            scores = torch.full((len(batch), max(counts)), float("-inf"), device=logits.device)
-            real = (
-                torch.arange(max(counts), device=logits.device)[None, :]
-                < torch.tensor(counts, device=logits.device)[:, None]
-            )
-            scores = scores.masked_scatter(real, logits.float())
+            scores = per_row(logits.float(), [len(own) for own in choices])
         probabilities = scores.float().softmax(dim=-1)
         records = []
         for question, own, row in zip(questions, choices, probabilities, strict=True):
