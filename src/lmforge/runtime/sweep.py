@@ -23,7 +23,14 @@ reports the monitored validation metric after each validation and, when the prun
 stops training there. The run still tests its best checkpoint and writes its full record
 (metrics.json says `pruned` and where); the sweeper then ends the trial PRUNED.
 
-One sweeper process per study: at start-up, trials left RUNNING are taken as interrupted.
+Workers (`workers`: N > 1): the sweep starts N copies of its own command, each with
+`worker_index` set (processes here, or jobs of the configured Hydra launcher, e.g. SLURM through
+submitit); each asks the study for a trial, runs it, tells it and asks again, and exactly
+`n_trials` trials run in all (lmforge.runtime.sweep_workers). Workers send heartbeats (RDB
+storages): a trial whose worker died is failed as interrupted and retried by another worker.
+
+One sweep command per study: at start-up, trials left RUNNING are taken as interrupted. More
+workers may join a running study by hand with `hydra.sweeper.worker_index=<i>`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
+from lmforge.runtime import sweep_workers
+from lmforge.runtime.sweep_workers import INTERRUPTED_ATTR, SURPLUS_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -156,7 +165,13 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.trials if t.state in done and not t.user_attrs.get("interrupted")]
+    return [
+        t
+        for t in study.trials
+        if t.state in done
+        and not t.user_attrs.get(INTERRUPTED_ATTR)
+        and not t.user_attrs.get(SURPLUS_ATTR)
+    ]
 
 
 def mark_interrupted(study: optuna.Study, retry: bool) -> list[int]:
@@ -166,7 +181,7 @@ def mark_interrupted(study: optuna.Study, retry: bool) -> list[int]:
     storage = study._storage  # Optuna exposes trial-state changes on the storage only.
     marked = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         marked.append(trial.number)
         if retry:
@@ -189,6 +204,9 @@ class OptunaSweeper(Sweeper):
         pruner: none, median, asha or hyperband (`build_pruner`).
         pruner_warmup: validations before a trial may be pruned (the first rung).
         pruner_startup_trials: median: finished trials before any is pruned.
+        workers: processes (or launcher jobs) that run trials of the study side by side.
+        worker_index: set in a worker's own command (see sweep_workers.worker_command).
+        heartbeat: seconds between a worker's heartbeats (RDB storages); 0: none.
     """
 
     def __init__(
@@ -204,14 +222,26 @@ class OptunaSweeper(Sweeper):
         pruner: str = "none",
         pruner_warmup: int = 1,
         pruner_startup_trials: int = 3,
+        workers: int = 1,
+        worker_index: int | None = None,
+        heartbeat: int = 60,
     ) -> None:
         if str(direction) not in DIRECTIONS:
             raise LmforgeError(
                 f"hydra.sweeper.direction={direction!r}: expected one of {sorted(DIRECTIONS)}."
             )
-        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("workers", workers)):
             if not isinstance(value, int) or value < 1:
                 raise LmforgeError(f"hydra.sweeper.{key}={value!r}: expected a whole number >= 1.")
+        for key, option in (("worker_index", worker_index), ("heartbeat", heartbeat)):
+            if option is not None and (not isinstance(option, int) or option < 0):
+                raise LmforgeError(f"hydra.sweeper.{key}={option!r}: expected a whole number >= 0.")
+        if workers > 1 and n_jobs > 1:
+            raise LmforgeError(
+                f"hydra.sweeper.workers={workers} and n_jobs={n_jobs}: choose one. Workers run "
+                "one trial at a time each and take the next as soon as they are free; n_jobs "
+                "launches trials in batches that wait for each other."
+            )
         self.study_name = str(study_name)
         self.storage = storage
         self.direction = DIRECTIONS[str(direction)]
@@ -220,6 +250,10 @@ class OptunaSweeper(Sweeper):
         self.sampler_config = sampler
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.retry_interrupted = retry_interrupted
+        self.workers = workers
+        self.worker_index = worker_index
+        self.heartbeat = heartbeat
+        self._failed_workers: list[str] = []
         self.pruner: dict[str, Any] = {
             "pruner": str(pruner),
             "pruner_warmup": int(pruner_warmup),
@@ -241,12 +275,22 @@ class OptunaSweeper(Sweeper):
 
     # ----- the sweep ------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> optuna.Study:
+        try:
+            return self._sweep(arguments)
+        except LmforgeError as err:
+            # The user's to fix: the message, not a traceback through Hydra.
+            log.error("%s", err)
+            raise SystemExit(1) from err
+
+    def _sweep(self, arguments: list[str]) -> optuna.Study:
         import optuna
 
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        worker = self.worker_index is not None
+        if not worker:
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         search = [f"{key}={value}" for key, value in self.params.items()]
@@ -257,7 +301,15 @@ class OptunaSweeper(Sweeper):
                 "hparams_search config does) or give sweep overrides such as "
                 "optimizer.lr='interval(1e-5,1e-3)'."
             )
+        where = "local"
+        if self.workers > 1 and not worker:
+            where = sweep_workers.check_launcher(
+                self.config.hydra.get("launcher"), self._storage_url(sweep_dir), self.workers
+            )
         study = self._open_study(optuna, sweep_dir, space, fixed)
+        if worker:
+            self._work(study, space, fixed, sweep_dir)
+            return study
         retried = mark_interrupted(study, self.retry_interrupted)
         if retried:
             log.warning(
@@ -276,12 +328,89 @@ class OptunaSweeper(Sweeper):
             max(remaining, 0),
             sweep_dir,
         )
+        if self.workers > 1:
+            if remaining > 0:
+                self._run_workers(where, fixed, sweep_dir)
+            self._write_results(study, sweep_dir)
+            self._check_workers_finished(study, sweep_dir)
+            return study
         while remaining > 0:
             batch = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
             self._run_batch(study, batch, fixed, sweep_dir)
             remaining -= len(batch)
         self._write_results(study, sweep_dir)
         return study
+
+    def _work(
+        self, study: optuna.Study, space: dict[str, Any], fixed: list[str], sweep_dir: Path
+    ) -> None:
+        """A worker's loop: take a trial while the study needs one, run it, tell it."""
+        ran = 0
+        while True:
+            sweep_workers.fail_stale(study, self.retry_interrupted)
+            trial = sweep_workers.take_trial(study, space, self.n_trials)
+            if trial is None:
+                break
+            log.info("Worker %s runs trial %d: %s", self.worker_index, trial.number, trial.params)
+            with sweep_workers.heartbeat(study, trial, self.heartbeat):
+                self._run_batch(study, [trial], fixed, sweep_dir)
+            ran += 1
+        log.info(
+            "Worker %s: the study holds %d trials; this worker ran %d.",
+            self.worker_index,
+            self.n_trials,
+            ran,
+        )
+
+    def _run_workers(self, where: str, fixed: list[str], sweep_dir: Path) -> None:
+        """Start the workers and wait for them all; a worker that fails is logged with its log
+        file and the others go on."""
+        assert self.config is not None
+        commands = [
+            sweep_workers.worker_command(self.config, index) for index in range(self.workers)
+        ]
+        cwd = str(self.config.hydra.runtime.cwd)
+        self._failed_workers = []
+        if where == "local":
+            codes = sweep_workers.run_local_workers(commands, sweep_dir, cwd)
+            self._failed_workers = [
+                f"worker {i} exited with code {code} (log: "
+                f"{sweep_dir / sweep_workers.WORKERS_DIR / f'{i}.log'})"
+                for i, code in enumerate(codes)
+                if code != 0
+            ]
+            return
+        from hydra.core.utils import JobStatus
+
+        # Each worker is one job of the configured launcher, in workers/<i>; the job runs the
+        # worker's command there (the launcher's own task is a trial, so it is swapped here).
+        # A job's config is composed like a trial's (its fixed overrides), in its own dir.
+        jobs = [
+            [*fixed, f"hydra.sweep.subdir={sweep_workers.WORKERS_DIR}/{i}"]
+            for i in range(len(commands))
+        ]
+        task = self.launcher.task_function
+        try:
+            self.launcher.task_function = sweep_workers.WorkerJobs(commands, cwd)
+            results = list(self.launcher.launch(jobs, initial_job_idx=0))
+        finally:
+            self.launcher.task_function = task
+        for index, result in enumerate(results):
+            if result.status != JobStatus.COMPLETED:
+                self._failed_workers.append(f"worker {index}: {result._return_value}")
+
+    def _check_workers_finished(self, study: optuna.Study, sweep_dir: Path) -> None:
+        failed = self._failed_workers
+        missing = self.n_trials - len(finished_trials(study))
+        if failed:
+            log.error("Sweep workers failed: %s", "; ".join(failed))
+        if missing > 0:
+            raise LmforgeError(
+                f"Study '{self.study_name}': {self.n_trials - missing} of {self.n_trials} trials "
+                f"finished{' (' + '; '.join(failed) + ')' if failed else ''}. The study is "
+                "consistent: run the same command again to run the missing trials (a trial "
+                f"left running by a stopped worker runs again). Results so far: {sweep_dir}."
+            )
 
     def _storage_url(self, sweep_dir: Path) -> str:
         return self.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
@@ -291,13 +420,27 @@ class OptunaSweeper(Sweeper):
     ) -> optuna.Study:
         # Hydra instantiates the sweeper's config recursively: the sampler arrives built.
         sampler = self.sampler_config
+        options: dict[str, Any] = {}
+        if self.worker_index is not None:
+            # Workers with one seed would sample the same trials side by side: worker i samples
+            # with seed + i (a sampler built without a seed config draws a new random seed).
+            config = OmegaConf.select(self.config, "hydra.sweeper.sampler") if self.config else None
+            if isinstance(config, DictConfig) and config.get("seed") is not None:
+                sampler = config
+                options["seed"] = int(config.seed) + self.worker_index
+            elif hasattr(sampler, "reseed_rng"):
+                sampler.reseed_rng()
         if isinstance(sampler, DictConfig):
             from hydra.utils import instantiate
 
-            sampler = instantiate(sampler)
+            sampler = instantiate(sampler, **options)
+        several = self.workers > 1 or self.worker_index is not None
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=self._storage_url(sweep_dir),
+            storage=sweep_workers.open_storage(
+                self._storage_url(sweep_dir),
+                heartbeat=self.heartbeat if several else 0,
+            ),
             sampler=sampler,
             pruner=self._pruner(),
             direction=self.direction,
@@ -407,7 +550,10 @@ class OptunaSweeper(Sweeper):
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
-        job_dir = getattr(result, "working_dir", None) or ""
+        # The run's own directory (the process's working directory is the launch directory).
+        job_dir = OmegaConf.select(
+            getattr(result, "hydra_cfg", None) or OmegaConf.create(), "hydra.runtime.output_dir"
+        ) or (getattr(result, "working_dir", None) or "")
         trial.set_user_attr("job_dir", str(job_dir))
         if result.status != JobStatus.COMPLETED:
             error = result._return_value  # the job's exception; reading return_value re-raises

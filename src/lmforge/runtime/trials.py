@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmforge.errors import LmforgeError
 from lmforge.runtime.sweep import PRUNED_ATTR, build_pruner
+from lmforge.runtime.sweep_workers import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class TrialReporter(pl.Callback):
             )
             study = optuna.load_study(
                 study_name=str(self.settings["study_name"]),
-                storage=str(self.settings["storage"]),
+                storage=open_storage(str(self.settings["storage"])),
                 pruner=pruner,
             )
             number = int(self.settings["number"])
