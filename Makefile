@@ -16,7 +16,8 @@ LATEST_EXTRA ?=
 LINT_PATHS := src tests scripts benchmarks
 # Test processes (pytest-xdist): one per core by default; WORKERS=0 runs the suite in one process.
 WORKERS ?= auto
-PYTEST := HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n $(WORKERS) --dist loadgroup
+# --durations: the slowest tests are named at the end of every run, so the suite's time stays in view.
+PYTEST := HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=20
 
 .PHONY: install train test test-all test-latest lock lint format
 

@@ -230,6 +230,7 @@ def _numbers_run(log: str) -> list[str]:
     return [line.split(" runs trial ")[1].split(":")[0] for line in lines]
 
 
+@pytest.mark.slow  # about a minute; the heartbeat test above covers the retry in the default run
 def test_a_killed_worker_leaves_the_study_resumable(tmp_path, tiny_model, tiny_data):
     sweep = tmp_path / "sweep"
     command = worker_sweep(tiny_model, tiny_data, tmp_path, n_trials=3, epochs=6)
