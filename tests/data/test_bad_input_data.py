@@ -104,8 +104,8 @@ def test_missing_validation_file(tmp_path, tiny_model):
 def test_directory_given_as_a_file(tmp_path, tiny_model):
     good_csv(tmp_path)
     message = refused(tmp_path, tiny_model, train_file=str(tmp_path / "data"))
-    assert f"data.train_file='{tmp_path / 'data'}' is a directory" in message
-    assert "expected a data file (.csv" in message
+    assert f"data.train_file='{tmp_path / 'data'}' is a folder holding data files" in message
+    assert "give the file itself" in message and "train.csv" in message
 
 
 def test_non_utf8_csv_names_line_and_byte_through_the_cli(tmp_path, tiny_model, tiny_data):

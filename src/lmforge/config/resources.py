@@ -58,23 +58,36 @@ def embedded_model_path(name: str = "") -> str:
 
 
 def sibling_split(train_file: str | None, split: str) -> str | None:
-    """The file for `split` beside `train_file`, found by swapping "train" in its name.
+    """The file (or folder) for `split` beside `train_file`, found by swapping "train" in its
+    name.
 
     `data/train.csv` gives `data/validation.csv` (or valid/val/dev) and `data/test.csv`;
-    `reviews_train.jsonl` gives `reviews_test.jsonl`. None when no such file exists, in which
-    case the datamodule carves the split from the training data and says so.
+    `reviews_train.jsonl` gives `reviews_test.jsonl`; a folder `imdb/train/` gives `imdb/test/`,
+    and a folder holding `train/` (`data.train_file=imdb`) gives its `test/` and `validation/`.
+    None when no such file exists, in which case the datamodule carves the split from the
+    training data and says so.
     """
     if not train_file:
         return None
     path = Path(str(train_file))
+    if (path / "train").is_dir():
+        path = path / "train"
     if "train" not in path.name:
         return None
     head, _, tail = path.name.rpartition("train")
     for alias in SPLIT_ALIASES[split]:
         candidate = path.with_name(f"{head}{alias}{tail}")
-        if candidate.is_file():
+        if candidate.is_file() or (path.is_dir() and candidate.is_dir()):
             return str(candidate)
     return None
+
+
+def train_split(train_file: str | None) -> str | None:
+    """The training data: `train_file`, or its `train/` folder when it holds one (the layout
+    `<dir>/{train,test}/<class>/<file>`)."""
+    if train_file and (Path(str(train_file)) / "train").is_dir():
+        return str(Path(str(train_file)) / "train")
+    return train_file
 
 
 def run_dir(resume: str | None, default: str) -> str:

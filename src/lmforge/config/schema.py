@@ -51,6 +51,12 @@ class DataSchema(Section):
     group_by_length: bool = ABSENT
     pad_to_multiple_of: int | None = Field(ABSENT, gt=0)
     pin_memory: bool = ABSENT
+    invalid_utf8: Literal["error", "skip"] = ABSENT
+    folder_classes: list[str] | None = ABSENT
+    num_proc: int | None = Field(ABSENT, gt=0)
+    streaming: bool = ABSENT
+    shuffle_buffer: int = Field(ABSENT, gt=0)
+    stream_check_rows: int = Field(ABSENT, gt=0)
 
 
 class ModelSchema(Section):
@@ -100,6 +106,7 @@ class TrainerSchema(Section):
     accumulate_grad_batches: int = Field(ABSENT, gt=0)
     gradient_clip_val: float | None = Field(ABSENT, ge=0)
     check_val_every_n_epoch: int | None = Field(ABSENT, gt=0)
+    val_check_interval: int | float | None = Field(ABSENT, gt=0)
     log_every_n_steps: int = Field(ABSENT, gt=0)
     num_sanity_val_steps: int = Field(ABSENT, ge=-1)
     # Lightning reads an int as a number of batches and a float as a share of them.

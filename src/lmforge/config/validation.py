@@ -61,6 +61,32 @@ def validate_training_config(cfg: DictConfig) -> None:
     check_config(cfg)
     check_model_fits(cfg)
     check_machine(cfg)
+    check_streaming(cfg)
+
+
+def check_streaming(cfg: DictConfig) -> None:
+    """A streamed training split has no known length: the run needs its number of steps."""
+    if not _select(cfg, "data.streaming"):
+        return
+    steps = _select(cfg, "trainer.max_steps")
+    interval = _select(cfg, "trainer.val_check_interval")
+    problems = []
+    if not isinstance(steps, int) or steps <= 0:
+        problems.append(
+            f"trainer.max_steps={steps!r}: a stream's length is unknown, so training stops "
+            "after a number of optimizer steps; set trainer.max_steps=<steps>"
+        )
+    if (
+        interval is not None
+        and interval != 1.0
+        and not (isinstance(interval, int) and interval > 0)
+    ):
+        problems.append(
+            f"trainer.val_check_interval={interval!r}: with a stream, validation runs every N "
+            "training batches; give a whole number (default: a tenth of max_steps)"
+        )
+    if problems:
+        raise LmforgeError("data.streaming=true: " + "; ".join(problems) + ".")
 
 
 # Trainer strategies that run on CUDA GPUs only: class -> (the trainer options that use it, the

@@ -128,6 +128,19 @@ def build_report(
                 f"{length_key}={max_length} tokens and were truncated; raise {length_key} if "
                 "their ends matter (memory and time grow with it)."
             )
+    trained = (splits.get("train") or {}).get("labels") or {}
+    for split, info in splits.items():
+        if split == "train" or not trained or not info.get("labels"):
+            continue
+        absent = [label for label, n in trained.items() if n and not info["labels"].get(label)]
+        if absent:
+            shown = ", ".join(f"{label!r} ({trained[label]} in train)" for label in absent[:10])
+            warnings.append(
+                f"{split}: no example of {len(absent)} label(s) that train has: {shown}"
+                f"{' ...' if len(absent) > 10 else ''}; {split} scores say nothing about them. "
+                "A label only in training (e.g. a class folder the other splits lack) may be "
+                "one to leave out (data.folder_classes for folders)."
+            )
     if texts is not None and "train" in texts:
         for split in (s for s in texts if s != "train"):
             found = find_duplicates(texts["train"], texts[split])

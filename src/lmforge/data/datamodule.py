@@ -6,14 +6,17 @@ split carving, caching, caps and batching live here once.
 
 from __future__ import annotations
 
+import copy
+import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,17 +26,23 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lmforge.config.resources import train_split
 from lmforge.data.checks import build_report, drop_empty_rows, log_report
 from lmforge.data.sampler import ResumableDataLoader, SeededBatchSampler
 from lmforge.data.sources import (
     FORMATS,
+    SPLIT_NAME_ALIASES,
     check_file,
+    check_folder,
     file_fingerprint,
+    folder_fingerprint,
     load_file,
     load_splits,
+    read_text_folder,
     require_source,
 )
 from lmforge.data.splits import SPLITS
+from lmforge.data.streaming import StreamedTrainingSet, StreamLoader, rank_stream
 from lmforge.data.tokenization import load_tokenizer
 from lmforge.errors import LmforgeError
 
@@ -69,6 +78,19 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256((content + extra).encode()).hexdigest()
 
 
+# Tokenizing processes: at most this many by default, and one per this many rows at most.
+MAX_PROCESSES = 8
+MIN_ROWS_PER_PROCESS = 1000
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM or container limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class TextDataModule(pl.LightningDataModule):
     """Loads, checks, tokenizes (with an on-disk cache) and batches text data.
 
@@ -78,6 +100,9 @@ class TextDataModule(pl.LightningDataModule):
     """
 
     stratify_column: str | None = None
+    # Whether the training split may be streamed (data.streaming=true): a task whose targets
+    # need the whole training split up front (label names) does not stream yet.
+    supports_streaming: bool = False
     # Local file endings this datamodule reads (see `read_file`).
     supported_suffixes: tuple[str, ...] = tuple(FORMATS)
 
@@ -105,10 +130,16 @@ class TextDataModule(pl.LightningDataModule):
         test_ratio: float = 0.1,
         seed: int = 0,
         drop_empty: bool = True,
+        invalid_utf8: str = "error",
+        folder_classes: list[str] | None = None,
+        num_proc: int | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
+        stream_check_rows: int = 1000,
     ) -> None:
         super().__init__()
         self.sources = {
-            "train_file": train_file,
+            "train_file": train_split(train_file),
             "validation_file": validation_file,
             "test_file": test_file,
             "dataset_name": dataset_name,
@@ -135,6 +166,20 @@ class TextDataModule(pl.LightningDataModule):
         # (epoch, batches done) of a run resumed mid-epoch: where its training batches continue.
         self.resume_point: tuple[int, int] | None = None
         self.drop_empty = drop_empty
+        # Folders of text files (see lmforge.data.sources.read_text_folder): what to do with a
+        # file that is not UTF-8, and which class folders to read (None: all).
+        # Processes that tokenize a split (None: the cores available, at most MAX_PROCESSES);
+        # not part of the cache key: the result is the same for any number.
+        self.num_proc = num_proc
+        # Streamed training data (see lmforge.data.streaming): the shuffle buffer's size in
+        # examples, and the rows of the stream's head that the data checks read.
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
+        self.stream_check_rows = stream_check_rows
+        self.invalid_utf8 = invalid_utf8
+        self.folder_classes = list(folder_classes) if folder_classes is not None else None
+        # What reading each folder split found (files read, skipped and why), for the checks.
+        self.source_notes: dict[str, str] = {}
         # The data checks (see lmforge.data.checks.build_report), filled by `setup`: a plain
         # dict for the log, `lmforge-check` and metrics.json.
         self.data_report: dict[str, Any] = {}
@@ -184,6 +229,58 @@ class TextDataModule(pl.LightningDataModule):
     def read_file(self, path: str, key: str) -> datasets.Dataset:
         """Read one local data file (`key` names it in errors); override for other formats."""
         return load_file(path, key)
+
+    def folder_columns(self) -> tuple[str, str | None] | None:
+        """The columns a folder of text files fills: (text column, label column or None for
+        one document per file); None where the task reads no folders."""
+        return None
+
+    def stream_builder(self, file: Path) -> tuple[str, dict]:
+        """The `datasets` builder (and its arguments) that streams a local training file."""
+        return FORMATS[file.suffix.lower()]
+
+    def stream_keeps(self, row: dict[str, Any]) -> bool:
+        """Whether a streamed training row is kept (rows without text are not)."""
+        return True
+
+    @property
+    def tokenize_is_row_wise(self) -> bool:
+        """Whether `tokenize` turns each row into its outputs alone; a datamodule whose output
+        depends on the rows batched together (blocks grouped across documents) says False and
+        tokenizes in one process, since processes would cut the batches elsewhere."""
+        return True
+
+    def processes_for(self, rows: int) -> int:
+        """Processes that tokenize a split of `rows` rows: `num_proc` or the cores available
+        (at most MAX_PROCESSES), one per MIN_ROWS_PER_PROCESS rows at most, since starting a
+        process costs more than a small split's tokenization."""
+        if not self.tokenize_is_row_wise:
+            return 1
+        wanted = self.num_proc or min(available_cores(), MAX_PROCESSES)
+        return max(1, min(wanted, rows // MIN_ROWS_PER_PROCESS))
+
+    def _without_state(self) -> TextDataModule:
+        """A copy to hand to tokenizing processes: what tokenizing needs, not the trainer (and
+        its model) or the loaded splits, which would be pickled to every process."""
+        clone = copy.copy(self)
+        clone.__dict__.update(trainer=None, _raw=None, splits={}, lengths={})
+        return clone
+
+    def _read(self, path: str, key: str) -> datasets.Dataset:
+        """A split from a file (`read_file`) or from a folder of text files."""
+        if not Path(path).expanduser().is_dir():
+            return self.read_file(path, key)
+        columns = self.folder_columns()
+        if columns is None:
+            raise LmforgeError(
+                f"{key}={path!r} is a folder; this task reads data files "
+                f"({', '.join(self.supported_suffixes)}), not folders of text files."
+            )
+        dataset, note = read_text_folder(
+            path, key, *columns, classes=self.folder_classes, invalid_utf8=self.invalid_utf8
+        )
+        self.source_notes[key] = note
+        return dataset
 
     def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """A last, cached step per split (e.g. fixed masking of evaluation data)."""
@@ -252,15 +349,30 @@ class TextDataModule(pl.LightningDataModule):
 
     def _source_fingerprints(self) -> dict[str, str]:
         """Identify the raw data: local files by content, hub data by its loaded fingerprint."""
+        if self.streaming:
+            return self._streaming_fingerprints()
         if self.sources["dataset_name"]:
-            self._raw, fingerprints = load_splits(**self.sources, reader=self.read_file)
+            self._raw, fingerprints = load_splits(**self.sources, reader=self._read)
             return fingerprints
         require_source(self.sources["train_file"], None)
-        return {
-            split: file_fingerprint(check_file(path, f"data.{split}_file", self.supported_suffixes))
-            for split in SPLITS
-            if (path := self.sources[f"{split}_file"])
-        }
+        return self._file_fingerprints(SPLITS)
+
+    def _file_fingerprints(self, splits: Iterable[str]) -> dict[str, str]:
+        fingerprints = {}
+        for split in splits:
+            if not (path := self.sources[f"{split}_file"]):
+                continue
+            key = f"data.{split}_file"
+            if Path(path).expanduser().is_dir():
+                # What decides the rows read from a folder is part of its identity.
+                folder = folder_fingerprint(check_folder(path, key))
+                settings = json.dumps([self.invalid_utf8, self.folder_classes])
+                fingerprints[split] = hashlib.sha256((folder + settings).encode()).hexdigest()
+            else:
+                fingerprints[split] = file_fingerprint(
+                    check_file(path, key, self.supported_suffixes)
+                )
+        return fingerprints
 
     def prepare_data(self) -> None:
         """Tokenize every split once and cache it on disk (runs on one process per node)."""
@@ -276,12 +388,14 @@ class TextDataModule(pl.LightningDataModule):
         tokenized, stats = {}, {}
         for split, dataset in raw.items():
             columns = dataset.column_names
+            processes = self.processes_for(len(dataset))
             tokenized[split] = dataset.map(
-                self._tokenize_with_stats,
+                (self._without_state() if processes > 1 else self)._tokenize_with_stats,
                 batched=True,
                 remove_columns=columns,
                 desc=f"Tokenizing {split}",
                 load_from_cache_file=False,
+                num_proc=processes if processes > 1 else None,
             )
             stats[split] = {
                 "examples": len(tokenized[split]),
@@ -292,10 +406,14 @@ class TextDataModule(pl.LightningDataModule):
             )
         meta["stats"] = stats
         meta["data_checks"] = self._data_checks(raw, stats, meta)
+        meta["data_checks"]["notes"] += list(self.source_notes.values())
         # Write to a temporary folder and rename, so a crash or a concurrent run never leaves a
         # half-written cache entry that a later run would trust.
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_path.parent, prefix=".tmp-"))
+        if self.streaming:
+            # The training rows here are the sample the checks read; training streams them all.
+            tokenized.pop("train", None)
         datasets.DatasetDict(tokenized).save_to_disk(str(tmp / "data"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
@@ -306,11 +424,145 @@ class TextDataModule(pl.LightningDataModule):
 
     def _checked_raw_splits(self) -> tuple[datasets.DatasetDict, dict[str, Any]]:
         """The raw splits, checked and with their targets, missing splits carved; and meta."""
-        raw = self._raw or load_splits(**self.sources, reader=self.read_file)[0]
+        if self.streaming:
+            raw = self._raw or self._streaming_raw_splits()
+        else:
+            raw = self._raw or load_splits(**self.sources, reader=self._read)[0]
         raw = self._drop_empty_rows(raw)
         raw, meta = self.encode_targets(raw)
+        if self.streaming:
+            meta["carved_splits"] = []
+            self.source_notes["data.streaming"] = (
+                f"train is streamed: its checks above read the first {len(raw['train'])} rows "
+                f"of the stream (data.stream_check_rows={self.stream_check_rows}); the rest "
+                "is read, shuffled and tokenized as training goes."
+            )
+            return raw, meta
         raw, meta["carved_splits"] = self._carve_missing_splits(raw)
         return raw, meta
+
+    # ----- streamed training data (data.streaming=true; see lmforge.data.streaming) ----------
+    def _stream_source(self) -> datasets.IterableDataset:
+        """The raw training rows as a `datasets` stream (local file or hub), rows without text
+        left out."""
+        path, name = self.sources["train_file"], self.sources["dataset_name"]
+        if path:
+            file = Path(path).expanduser()
+            if file.is_dir():
+                raise LmforgeError(
+                    f"data.train_file={path!r} is a folder: data.streaming=true streams files "
+                    "(or a hub data set); read the folder without streaming, or give its files."
+                )
+            # A pattern (corpus/*.txt) streams its files as shards: DataLoader workers and
+            # ranks then read whole files each.
+            files = sorted(glob.glob(str(file))) if glob.has_magic(str(file)) else [str(file)]
+            if not files:
+                raise LmforgeError(f"data.train_file={path!r}: the pattern matches no file.")
+            for name in files:
+                if (
+                    not Path(name).is_file()
+                    or Path(name).suffix.lower() not in self.supported_suffixes
+                ):
+                    check_file(name, "data.train_file", self.supported_suffixes)  # says why
+            builder, options = self.stream_builder(Path(files[0]))
+            stream = datasets.load_dataset(
+                builder, data_files=files, split="train", streaming=True, **options
+            )
+        else:
+            require_source(None, name)
+            try:
+                stream = datasets.load_dataset(
+                    name, self.sources["dataset_config"], split="train", streaming=True
+                )
+            except Exception as err:
+                raise LmforgeError(
+                    f"data.dataset_name={name!r}: its train split could not be streamed: {err}"
+                ) from err
+        return stream.filter(self.stream_keeps)
+
+    def _streaming_raw_splits(self) -> datasets.DatasetDict:
+        """Validation and test read whole (they must be given: a stream cannot be carved), and
+        the first `stream_check_rows` rows of the training stream for the data checks."""
+        if not self.supports_streaming:
+            raise LmforgeError(
+                f"data.streaming=true: {type(self).__name__} does not stream its training data "
+                "(its targets need the whole training split up front); set "
+                "data.streaming=false."
+            )
+        splits: dict[str, datasets.Dataset] = {}
+        for split in ("validation", "test"):
+            if path := self.sources[f"{split}_file"]:
+                splits[split] = self._read(path, f"data.{split}_file")
+            elif name := self.sources["dataset_name"]:
+                splits.update(self._hub_split(name, split))
+        missing = [s for s in ("validation", "test") if s not in splits]
+        if missing:
+            raise LmforgeError(
+                f"data.streaming=true: no {' or '.join(missing)} split. A streamed training "
+                "split cannot be carved into the others: give "
+                + " and ".join(f"data.{s}_file" for s in missing)
+                + " (or a hub data set that has them)."
+            )
+        head = itertools.islice(iter(self._stream_source()), self.stream_check_rows)
+        splits["train"] = datasets.Dataset.from_list(list(head))
+        if len(splits["train"]) == 0:
+            raise LmforgeError(
+                f"{self.source_of('train')}: the training stream holds no rows with text."
+            )
+        return datasets.DatasetDict(splits)
+
+    def _hub_split(self, name: str, split: str) -> dict[str, datasets.Dataset]:
+        """One split of a hub data set by its name or an alias ({} when it has none)."""
+        aliases = [split, *(a for a, s in SPLIT_NAME_ALIASES.items() if s == split)]
+        for alias in aliases:
+            try:
+                return {
+                    split: datasets.load_dataset(name, self.sources["dataset_config"], split=alias)
+                }
+            except ValueError:  # "Unknown split"
+                continue
+        return {}
+
+    def _streaming_fingerprints(self) -> dict[str, str]:
+        """Validation/test by content; the stream by what names it (hashing a corpus that may
+        not fit on disk is what streaming avoids) and the rows its checks read."""
+        if self.sources["dataset_name"]:
+            self._raw = self._streaming_raw_splits()
+            fingerprints = {s: d._fingerprint for s, d in self._raw.items() if s != "train"}
+            identity: list[Any] = [self.sources["dataset_name"], self.sources["dataset_config"]]
+        else:
+            fingerprints = self._file_fingerprints(("validation", "test"))
+            path = self.sources["train_file"]
+            pattern = str(Path(str(path)).expanduser())
+            files = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            identity = [
+                [str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns]
+                for f in files
+                if Path(f).is_file()
+            ]
+        text = json.dumps(["stream", *identity, self.stream_check_rows])
+        fingerprints["train"] = hashlib.sha256(text.encode()).hexdigest()
+        return fingerprints
+
+    def _training_stream(self) -> datasets.IterableDataset:
+        """This process's tokenized training stream: shuffled with a buffer (seeded; a new
+        order every pass), dealt to the distributed ranks, tokenized as it is read."""
+        world, rank = 1, 0
+        if self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        stream = self._stream_source()
+        columns = stream.column_names or list(next(iter(stream)))
+        if self.caps["train"] is not None:  # data.max_train_samples: the stream's first rows
+            stream = stream.take(self.caps["train"])
+        stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        stream = rank_stream(stream, rank, world)
+        return stream.map(self._stream_tokenize, batched=True, remove_columns=columns)
+
+    def _stream_tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        encoded = self._tokenize_with_stats(batch)
+        encoded.pop("truncated")
+        encoded.pop("length")
+        return encoded
 
     def _drop_empty_rows(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         """Check each split, then drop its rows without text (or fail: `data.drop_empty`)."""
@@ -483,7 +735,26 @@ class TextDataModule(pl.LightningDataModule):
         log_report(report)
 
     # ----- batches ----------------------------------------------------------------------------
+    def _stream_loader(self) -> DataLoader:
+        """The endless training loader of a streamed split (see lmforge.data.streaming)."""
+        skip = self.resume_point[1] if self.resume_point is not None else 0
+        dataset = StreamedTrainingSet(self._training_stream, self.batch_size, skip)
+        options: dict[str, Any] = dict(
+            batch_size=self.batch_size,
+            collate_fn=self.build_collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # Its own generator, as the map-style loader: never a draw from the global RNG.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        if self.trainer is not None:
+            return StreamLoader(dataset, progress=self._training_progress, **options)
+        return DataLoader(dataset, **options)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
+        if train and self.streaming:
+            return self._stream_loader()
         if split not in self.splits:
             raise LmforgeError(f"The data has no {split} split.")
         world, rank = 1, 0

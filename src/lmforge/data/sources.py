@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import datasets
@@ -177,7 +177,8 @@ def load_splits(
     for split, path in files.items():
         if path:
             splits[split] = reader(path, f"data.{split}_file")
-            fingerprints[split] = file_fingerprint(path)
+            is_folder = Path(path).expanduser().is_dir()
+            fingerprints[split] = (folder_fingerprint if is_folder else file_fingerprint)(path)
             log.info("%s split: %s (%d rows)", split, path, len(splits[split]))
     return datasets.DatasetDict(splits), fingerprints
 
@@ -193,3 +194,176 @@ def require_columns(
                 f"data.{key}={column!r} is not a column of the {split} split{where}; columns "
                 f"found: {', '.join(dataset.column_names)}. Set data.{key} to one of them."
             )
+
+
+# ----- folders of text files ------------------------------------------------------------------
+# What no library reads as lmforge needs it: datasets' "text" builder makes one row per line (or
+# per file with sample_by="document") but takes no label from the folder, and its "imagefolder"-
+# style label inference exists for images and audio only; neither counts hidden, empty, binary or
+# mis-encoded files. Hence the walk below.
+INVALID_UTF8 = ("error", "skip")
+# Bytes looked at to tell a text file from a binary one (a NUL byte among them: binary).
+BINARY_PROBE = 8192
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def folder_files(root: Path) -> list[Path]:
+    """Every file under `root`, sorted by path, hidden ones (a part starting with '.') included."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def folder_fingerprint(root: str | Path) -> str:
+    """SHA-256 over the relative path and bytes of every file under a folder."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for file in folder_files(root):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file_fingerprint(file).encode())
+    return digest.hexdigest()
+
+
+def check_folder(path: str, key: str) -> Path:
+    """Fail clearly unless `path` is a readable folder holding at least one file."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise LmforgeError(f"{key}={path!r}: no such folder (looked for {root.resolve()}).")
+    if not any(p.is_file() for p in root.rglob("*")):
+        raise LmforgeError(
+            f"{key}={path!r}: the folder holds no files; expected one text file per example "
+            "(under one folder per class for classification)."
+        )
+    return root
+
+
+def _read_text(file: Path, key: str, invalid_utf8: str) -> tuple[str | None, str]:
+    """A file's text (UTF-8, a BOM dropped) or None and why it was skipped."""
+    data = file.read_bytes()
+    if b"\x00" in data[:BINARY_PROBE]:
+        return None, "not text (NUL bytes: binary, or UTF-16)"
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if invalid_utf8 == "skip":
+            return None, "not valid UTF-8"
+        line = data[: err.start].count(b"\n") + 1
+        raise LmforgeError(
+            f"{key}: {file} is not valid UTF-8: line {line}, byte offset {err.start} holds "
+            f"0x{data[err.start : err.end].hex(' ')}. Re-encode it (e.g. `iconv -f latin1 -t "
+            f"utf-8`), or set data.invalid_utf8=skip to skip such files and count them."
+        ) from err
+    if not text.strip():
+        return None, "empty"
+    return text, ""
+
+
+def read_text_folder(
+    path: str,
+    key: str,
+    text_column: str,
+    label_column: str | None = None,
+    classes: Sequence[str] | None = None,
+    invalid_utf8: str = "error",
+) -> tuple[datasets.Dataset, str]:
+    """One row per text file of a folder, and a line for the data checks saying what was read
+    and what was skipped.
+
+    With `label_column`, each subfolder is a class (its name the label, `classes` keeping only
+    those named) and every file under it an example; files beside the class folders are left
+    out and counted. Without, every file under the folder is one example (a document). Hidden
+    files and folders, empty files, binary files and (with `invalid_utf8=skip`) files that are
+    not UTF-8 are skipped and counted; a UTF-8 BOM is dropped.
+    """
+    if invalid_utf8 not in INVALID_UTF8:
+        raise LmforgeError(f"data.invalid_utf8={invalid_utf8!r}: expected error or skip.")
+    root = check_folder(path, key)
+    skipped: dict[str, list[str]] = {}
+    sources: list[tuple[Path, str | None]] = []
+    ignored: list[str] = []
+    if label_column:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = [p.name for p in folders]
+        if classes is not None:
+            missing = [c for c in classes if c not in found]
+            if missing:
+                raise LmforgeError(
+                    f"{key}={path!r}: no class folder {', '.join(map(repr, missing))} (from "
+                    f"data.folder_classes); class folders found: {', '.join(found) or 'none'}."
+                )
+            ignored = [f"{p.name}/" for p in folders if p.name not in classes]
+            folders = [p for p in folders if p.name in classes]
+        data_files = sorted(
+            p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in FORMATS
+        )
+        if len(folders) < 2 and data_files:
+            raise LmforgeError(
+                f"{key}={path!r} is a folder holding data files ({', '.join(data_files[:5])}) "
+                "and no class folders: give the file itself, e.g. "
+                f"{key}={Path(path) / data_files[0]}. A folder is read as one subfolder per "
+                "class with one text file per example."
+            )
+        if len(folders) < 2:
+            raise LmforgeError(
+                f"{key}={path!r} is a folder, read as one subfolder per class with one text "
+                f"file per example (e.g. {path}/pos/1.txt), but it holds "
+                f"{len(folders)} class folder(s) ({', '.join(found) or 'none'}); "
+                "classification needs at least two."
+            )
+        for folder in folders:
+            sources += [(f, folder.name) for f in folder_files(folder)]
+        ignored += [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    else:
+        sources = [(f, None) for f in folder_files(root)]
+    texts, labels = [], []
+    for file, label in sources:
+        relative = file.relative_to(root)
+        if _hidden(relative):
+            skipped.setdefault("hidden", []).append(str(relative))
+            continue
+        text, reason = _read_text(file, key, invalid_utf8)
+        if text is None:
+            skipped.setdefault(reason, []).append(str(relative))
+            continue
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise LmforgeError(
+            f"{key}={path!r}: no file in the folder holds text (skipped: "
+            + "; ".join(f"{len(v)} {k}" for k, v in skipped.items())
+            + ")."
+        )
+    columns: dict[str, list] = {text_column: texts}
+    if label_column:
+        columns[label_column] = labels
+    read = f"{key}={path!r}: {len(texts)} file(s) read"
+    if label_column:
+        counts = {c: labels.count(c) for c in dict.fromkeys(labels)}
+        read += " from class folders " + ", ".join(f"{c} ({n})" for c, n in counts.items())
+    parts = [
+        f"{len(v)} {k} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+        for k, v in skipped.items()
+    ]
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        parts.append(f"{len(ignored)} beside or outside the class folders, not read ({shown})")
+    note = read + ("; skipped: " + "; ".join(parts) if parts else "") + "."
+    log.info("%s", note)
+    return datasets.Dataset.from_dict(columns), note
+
+
+def split_folder(root: str, split: str) -> str | None:
+    """`<root>/<split>` (or an alias: valid/val/dev for validation) when it is a folder."""
+    for alias in SPLIT_FOLDER_ALIASES[split]:
+        candidate = Path(root) / alias
+        if candidate.is_dir():
+            return str(candidate)
+    return None
+
+
+SPLIT_FOLDER_ALIASES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}

@@ -52,6 +52,25 @@ class RunTrainer:
         return self.trainer.strategy.root_device
 
 
+def streaming_options(cfg: DictConfig) -> dict[str, Any]:
+    """Trainer options of a run whose training data is streamed (`data.streaming`): the stream
+    never ends (lmforge.data.streaming), so no epoch does either: training stops at
+    `trainer.max_steps`, validation runs every `trainer.val_check_interval` steps (default: a
+    tenth of the steps) and no minimum of epochs holds it back."""
+    if not cfg.get("data") or not cfg.data.get("streaming"):
+        return {}
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    interval = cfg.trainer.get("val_check_interval")
+    if interval is None:
+        interval = max(1, max_steps // 10)
+    return {
+        "val_check_interval": int(interval),
+        "check_val_every_n_epoch": None,
+        "min_epochs": None,
+        "max_epochs": -1,
+    }
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback], matmul: str | None
 ) -> RunTrainer:
@@ -77,7 +96,12 @@ def build_trainer(
         # Lightning refuses a progress-bar callback with the bar turned off; the user asked for
         # no bar, so the callbacks group's bar goes.
         configured = [c for c in configured if not isinstance(c, pl.callbacks.ProgressBar)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=configured, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=configured,
+        logger=loggers or False,
+        **streaming_options(cfg),
+    )
     use_atomic_checkpoints(trainer.strategy)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -166,6 +166,26 @@ class LanguageModelingDataModule(TextDataModule):
             "drop_empty": self.drop_empty,
         }
 
+    supports_streaming = True
+
+    def stream_builder(self, file: Path) -> tuple[str, dict]:
+        if file.suffix.lower() != ".txt":
+            return super().stream_builder(file)
+        self.text_column = "text"
+        return "text", {"sample_by": self.text_file_mode}
+
+    def stream_keeps(self, row: dict[str, Any]) -> bool:
+        return bool(str(row.get(self.text_column) or "").strip())
+
+    @property
+    def tokenize_is_row_wise(self) -> bool:
+        # Group mode joins the documents of a batch into blocks: one process keeps the batches.
+        return self.mode != "group"
+
+    def folder_columns(self) -> tuple[str, str | None]:
+        # A folder of documents: each file one document, whatever its text_file_mode.
+        return self.text_column, None
+
     def read_file(self, path: str, key: str) -> datasets.Dataset:
         if Path(path).suffix.lower() != ".txt":
             return load_file(path, key)

@@ -126,6 +126,10 @@ class TextClassificationDataModule(TextDataModule):
         )
         return dataset.select(sorted(chosen))
 
+    def folder_columns(self) -> tuple[str, str | None]:
+        # A folder per class, one text file per example (aclImdb's train/pos, train/neg).
+        return self.text_column, self.label_column
+
     def run_settings(self) -> dict[str, Any]:
         return {
             **super().run_settings(),
