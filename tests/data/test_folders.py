@@ -37,7 +37,7 @@ def imdb_like(root: Path, per_class: int = 6) -> Path:
 
 def test_class_folders_give_rows_labelled_by_folder_and_count_what_was_skipped(tmp_path):
     root = tmp_path / "reviews"
-    write(root / "pos" / "a.txt", codecs.BOM_UTF8 + "good film".encode())
+    write(root / "pos" / "a.txt", codecs.BOM_UTF8 + b"good film")
     write(root / "pos" / "b.txt", "very good\nfilm\n")
     write(root / "pos" / "deep" / "c.txt", "nested files count too")
     write(root / "neg" / "a.txt", "bad film")
