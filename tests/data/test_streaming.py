@@ -122,16 +122,13 @@ def test_a_resumed_stream_continues_with_the_batches_the_uninterrupted_one_had_n
     assert batches(4, 8, workers=2) == whole[4:12]  # an even number of batches: exact
 
 
-def test_the_checks_read_the_head_of_the_stream_and_only_eval_splits_are_cached(
-    tmp_path, tiny_model
-):
+def test_the_checks_read_the_head_of_the_stream_and_say_so(tmp_path, tiny_model):
     root = corpus(tmp_path / "corpus", files=1, per_file=40)
     dm = streamed(tmp_path, tiny_model, str(root / "train-0.txt"), stream_check_rows=10)
-    assert "train" not in dm.splits and set(dm.splits) == {"validation", "test"}
+    assert len(dm.splits["train"]) == 10  # the head, for the checks and the baselines
     dm.report()
     assert dm.data_report["splits"]["train"]["rows"] == 10
     assert any("first 10 rows of the stream" in n for n in dm.data_report["notes"])
-    assert "train" not in {p.name for p in (dm._resolve_cache_path() / "data").iterdir()}
 
 
 def test_what_a_stream_needs_is_asked_for(tmp_path, tiny_model):
@@ -230,3 +227,179 @@ def test_a_streamed_run_under_ddp_deals_the_stream_to_both_ranks(
     train(cfg)
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and metrics["test"]["test/loss"] > 0
+
+
+def streamed_examples(dm) -> list[dict]:
+    """One pass over a set-up datamodule's training stream (one process)."""
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    stream = dm._training_stream()
+    stream.set_epoch(0)
+    return list(stream)
+
+
+def test_streamed_chats_train_the_same_examples_packed_as_they_are_read(tmp_path):
+    from lmforge.tasks.language_modeling.instructions import InstructionDataModule
+    from tests.tasks.language_modeling.runs import one_file_datamodule
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What does package {i} do?"},
+                {"role": "assistant", "content": "It edits " + "text " * (i % 7) + "fast."},
+            ]
+        }
+        for i in range(30)
+    ]
+    rows.insert(5, {"messages": []})  # no turns: left out of the stream as of the split
+
+    def examples(dm) -> list[tuple]:
+        """Each packed example's (token ids, labels) pair, cut at its position restart."""
+        found = []
+        for row in dm:
+            starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [
+                len(row["input_ids"])
+            ]
+            for a, b in itertools.pairwise(starts):
+                found.append((tuple(row["input_ids"][a:b]), tuple(row["labels"][a:b])))
+        return sorted(found)
+
+    options = dict(format="messages", packing=True, max_length=64, drop_empty=True)
+    whole = one_file_datamodule(InstructionDataModule, tmp_path / "whole", rows, **options)
+    stream = one_file_datamodule(
+        InstructionDataModule,
+        tmp_path / "stream",
+        rows,
+        streaming=True,
+        shuffle_buffer=8,
+        **options,
+    )
+    packed = streamed_examples(stream)
+    assert all(len(r["input_ids"]) <= 64 for r in packed) and len(packed) < 30
+    assert set(packed[0]) == {"input_ids", "labels", "position_ids"}
+    assert examples(packed) == examples(whole.splits["train"])
+    assert len(examples(packed)) == 30
+
+
+def test_streamed_classification_takes_its_labels_from_data_label_names(tmp_path, tiny_model):
+    from tests.helpers import classification_data, classification_data_error, make_rows, write_csv
+
+    for split, n, seed in (("train", 30, 1), ("validation", 9, 2), ("test", 9, 3)):
+        write_csv(tmp_path / "cls" / f"{split}.csv", make_rows(n, seed=seed))
+    files = {
+        f"{s}_file": str(tmp_path / "cls" / f"{s}.csv") for s in ("train", "validation", "test")
+    }
+    message = classification_data_error(tmp_path / "a", tiny_model, streaming=True, **files)
+    assert "data.label_names" in message and "does not stream" in message
+    names = ["sports", "music", "cooking"]  # id order as configured, not sorted
+    message = classification_data_error(
+        tmp_path / "b", tiny_model, streaming=True, label_names=names, few_shot_k=2, **files
+    )
+    assert "data.few_shot_k" in message
+    whole = classification_data(tmp_path / "c", tiny_model, label_names=names, **files)
+    stream = classification_data(
+        tmp_path / "d", tiny_model, label_names=names, streaming=True, **files
+    )
+    got = sorted((tuple(e["input_ids"]), e["labels"]) for e in streamed_examples(stream))
+    train = whole.splits["train"]
+    assert got == sorted(zip(map(tuple, train["input_ids"]), train["labels"], strict=True))
+    assert {label for _, label in got} == {0, 1, 2} and stream.label_names == names
+
+    rows = make_rows(30, seed=1)
+    rows[20]["label"] = "poetry"  # a label the names do not have, past the checked head
+    write_csv(tmp_path / "cls" / "train.csv", rows)
+    stream = classification_data(
+        tmp_path / "e",
+        tiny_model,
+        label_names=names,
+        streaming=True,
+        stream_check_rows=10,
+        **files,
+    )
+    with pytest.raises(LmforgeError, match="'poetry'"):
+        streamed_examples(stream)
+
+
+def test_streamed_pairs_are_the_pairs_of_the_whole_split(tmp_path, tiny_model):
+    import json
+
+    from lmforge.tasks.seq2seq.data import Seq2SeqDataModule
+
+    for split, n in (("train", 25), ("validation", 5), ("test", 5)):
+        rows = [
+            {"source": f"source number {i} of {split}", "target": f"target {i}"} for i in range(n)
+        ]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def datamodule(name: str, **options) -> Seq2SeqDataModule:
+        dm = Seq2SeqDataModule(
+            tokenizer=str(tiny_model),
+            cache_dir=str(tmp_path / name),
+            **{f"{s}_file": str(tmp_path / f"{s}.jsonl") for s in ("train", "validation", "test")},
+            **options,
+        )
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+    train = datamodule("whole").splits["train"]
+    streamed = streamed_examples(datamodule("stream", streaming=True, shuffle_buffer=4))
+    assert sorted((tuple(e["input_ids"]), tuple(e["labels"])) for e in streamed) == sorted(
+        zip(map(tuple, train["input_ids"]), map(tuple, train["labels"]), strict=True)
+    )
+
+
+def test_a_streamed_chat_run_trains_packed_sequences_and_is_scored(tmp_path):
+    import json
+
+    from lmforge.config.resources import shipped_data
+    from tests.tasks.language_modeling.runs import tiny_run
+
+    chats = shipped_data("debian_chat/validation.jsonl")
+    run = tiny_run(
+        tmp_path,
+        "debian_chat_gpt2",
+        f"data.train_file={shipped_data('debian_chat/train.jsonl')}",
+        f"data.validation_file={chats}",
+        f"data.test_file={chats}",
+        "data.streaming=true",
+        "data.packing=true",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "model.generate_prompts=[]",
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 3
+    assert metrics["test"]["test/loss"] > 0 and "test/answer_f1" in metrics["test"]
+
+
+def test_a_streamed_classification_run_fits_its_baselines_on_the_head_and_says_so(
+    tmp_path, tiny_model, tiny_data
+):
+    import json
+
+    from omegaconf import open_dict
+
+    from lmforge.train import train
+    from tests.helpers import QUIET, compose_config, tiny_overrides
+
+    cfg = compose_config(
+        [
+            *tiny_overrides(tiny_model, tiny_data),
+            *QUIET,
+            "data.streaming=true",
+            "data.stream_check_rows=40",
+            "data.label_names=[cooking,music,sports]",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "evaluate_before=false",
+            "compare.baselines=[majority]",
+        ]
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and 0 <= metrics["test"]["test/acc"] <= 1
+    comparison = (tmp_path / "run" / "comparison.md").read_text()
+    assert "fitted on the first 40 rows of the streamed training split" in comparison

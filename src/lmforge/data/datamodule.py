@@ -100,8 +100,7 @@ class TextDataModule(pl.LightningDataModule):
     """
 
     stratify_column: str | None = None
-    # Whether the training split may be streamed (data.streaming=true): a task whose targets
-    # need the whole training split up front (label names) does not stream yet.
+    # Whether the training split may be streamed (data.streaming=true); see `stream_refusal`.
     supports_streaming: bool = False
     # Local file endings this datamodule reads (see `read_file`).
     supported_suffixes: tuple[str, ...] = tuple(FORMATS)
@@ -242,6 +241,19 @@ class TextDataModule(pl.LightningDataModule):
     def stream_keeps(self, row: dict[str, Any]) -> bool:
         """Whether a streamed training row is kept (rows without text are not)."""
         return True
+
+    def stream_refusal(self) -> str | None:
+        """Why this data, as configured, cannot stream its training split (None: it can)."""
+        if self.supports_streaming:
+            return None
+        return "its targets need the whole training split up front"
+
+    def stream_examples(self, encoded: dict[str, list]) -> dict[str, list]:
+        """A tokenized batch of streamed training rows as the examples that train (the last
+        step of `after_tokenize` and `_capped` that applies to a stream)."""
+        encoded.pop("truncated")
+        encoded.pop("length")
+        return encoded
 
     @property
     def tokenize_is_row_wise(self) -> bool:
@@ -411,9 +423,6 @@ class TextDataModule(pl.LightningDataModule):
         # half-written cache entry that a later run would trust.
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_path.parent, prefix=".tmp-"))
-        if self.streaming:
-            # The training rows here are the sample the checks read; training streams them all.
-            tokenized.pop("train", None)
         datasets.DatasetDict(tokenized).save_to_disk(str(tmp / "data"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
@@ -483,11 +492,10 @@ class TextDataModule(pl.LightningDataModule):
     def _streaming_raw_splits(self) -> datasets.DatasetDict:
         """Validation and test read whole (they must be given: a stream cannot be carved), and
         the first `stream_check_rows` rows of the training stream for the data checks."""
-        if not self.supports_streaming:
+        if refusal := self.stream_refusal():
             raise LmforgeError(
                 f"data.streaming=true: {type(self).__name__} does not stream its training data "
-                "(its targets need the whole training split up front); set "
-                "data.streaming=false."
+                f"as configured: {refusal}. Or set data.streaming=false."
             )
         splits: dict[str, datasets.Dataset] = {}
         for split in ("validation", "test"):
@@ -559,10 +567,17 @@ class TextDataModule(pl.LightningDataModule):
         return stream.map(self._stream_tokenize, batched=True, remove_columns=columns)
 
     def _stream_tokenize(self, batch: dict[str, list]) -> dict[str, list]:
-        encoded = self._tokenize_with_stats(batch)
-        encoded.pop("truncated")
-        encoded.pop("length")
-        return encoded
+        """A batch of streamed rows through what a map-style split goes through: rows without
+        text left out, targets encoded (with the names the head of the stream gave), tokenized,
+        then `stream_examples`."""
+        rows = datasets.Dataset.from_dict(batch)
+        empty = set(self.empty_rows("train", rows)[0])
+        if empty:
+            rows = rows.select([i for i in range(len(rows)) if i not in empty])
+        if len(rows) == 0:
+            return {}
+        encoded_rows = self.encode_targets(datasets.DatasetDict({"train": rows}))[0]["train"]
+        return self.stream_examples(self._tokenize_with_stats(encoded_rows.to_dict()))
 
     def _drop_empty_rows(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         """Check each split, then drop its rows without text (or fail: `data.drop_empty`)."""

@@ -354,6 +354,27 @@ class InstructionDataModule(TextDataModule):
         # reference log-probabilities a preference pair has.
         return dataset.add_column("row", list(range(len(dataset))))
 
+    # Conversations are tokenized one by one; packing packs each batch the stream is read in.
+    supports_streaming = True
+
+    def stream_examples(self, encoded: dict[str, list]) -> dict[str, list]:
+        """`after_tokenize` and packing on a batch of the stream: sequences too long or with
+        nothing to train left out, and with packing, the batch's examples packed together (the
+        map-style split packs all of its examples at once; a stream packs the 1,000 rows
+        `datasets` maps at a time)."""
+        keep = [
+            i
+            for i, (dropped, trained) in enumerate(
+                zip(encoded["_dropped"], encoded["_trained"], strict=True)
+            )
+            if not dropped and trained
+        ]
+        rows = {key: [encoded[key][i] for i in keep] for key in ("input_ids", "labels")}
+        if self.packing and keep:
+            rows = pack_examples(datasets.Dataset.from_dict(rows), self.max_length).to_dict()
+            rows.pop("length")
+        return rows
+
     def _capped(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """The capped split; with packing, the capped training examples packed (caps count
         examples either way)."""

@@ -78,6 +78,9 @@ class PreferenceDataModule(InstructionDataModule):
     The other options are those of `InstructionDataModule` (template, max_length, ...).
     """
 
+    # Reference log-probabilities are computed once over the whole training split.
+    supports_streaming = False
+
     def __init__(
         self,
         *,

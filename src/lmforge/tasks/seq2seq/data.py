@@ -199,6 +199,13 @@ class Seq2SeqDataModule(TextDataModule):
         out["_target_cut"] = [len(ids) > self.max_target_length for ids in targets]
         return out
 
+    # Pairs are tokenized one by one: the training split may stream (data.streaming=true).
+    supports_streaming = True
+
+    def stream_examples(self, encoded: dict[str, list]) -> dict[str, list]:
+        encoded.pop("_target_cut")
+        return super().stream_examples(encoded)
+
     def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         self._targets_cut[split] = int(sum(dataset["_target_cut"]))
         return dataset.remove_columns("_target_cut")

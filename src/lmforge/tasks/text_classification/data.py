@@ -87,6 +87,18 @@ class TextClassificationDataModule(TextDataModule):
     def model_inputs(self) -> dict[str, Any]:
         return {"label_names": self.label_names}
 
+    supports_streaming = True
+
+    def stream_refusal(self) -> str | None:
+        if not self.configured_label_names:
+            return (
+                "a stream's labels are not known before it is read: list them, in id order, "
+                "in data.label_names"
+            )
+        if self.few_shot_k is not None:
+            return "data.few_shot_k draws its examples from the whole training split"
+        return None
+
     def select_rows(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """Few-shot: `few_shot_k` examples of every class drawn with the seed from training
         (and validation with `few_shot_validation`), in file order; a class with fewer is
