@@ -326,3 +326,11 @@ def test_float32_matmul_precision_holds_for_the_run_only(make_cfg):
     assert record.precision == "medium"
     assert torch.get_float32_matmul_precision() == before
     assert read_metrics(Path(cfg.paths.output_dir))["float32_matmul_precision"] == "medium"
+
+
+def test_max_steps_within_the_first_epoch_ends_the_run_cleanly(make_cfg, tmp_path):
+    # 5 batches per epoch; training stops after 2, before any epoch-end validation: the
+    # run validates at its end, early stopping has its metric and the best checkpoint exists.
+    train(make_cfg("trainer.max_steps=2", "evaluate_before=false", "compare.baselines=[]"))
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["global_step"] == 2 and "test/acc" in metrics["test"]

@@ -187,6 +187,24 @@ class FiniteLoss(pl.Callback):
         )
 
 
+class ValidateAtMaxSteps(pl.Callback):
+    """Validates after the last step when `trainer.max_steps` ends training between two
+    scheduled validations (mid-epoch), so the last weights are scored, the best checkpoint
+    and early stopping have their metric, and a run shorter than one epoch is validated at
+    all (Lightning validates only on its own schedule, and early stopping then fails for a
+    metric that was never logged). Lightning validates when a callback asks to stop."""
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            # Training ends here whatever min_epochs/min_steps say (max_steps wins in
+            # Lightning); cleared so that the stop request is honoured with a validation.
+            trainer.fit_loop.min_epochs = None
+            trainer.fit_loop.epoch_loop.min_steps = None
+            trainer.should_stop = True
+
+
 class CompileModel(pl.Callback):
     """`torch.compile` the task's Hugging Face model when fitting starts (`compile.enabled`).
 

@@ -25,6 +25,7 @@ from lmforge.runtime.callbacks import (
     MatmulPrecision,
     RandomState,
     TrainThroughput,
+    ValidateAtMaxSteps,
 )
 from lmforge.runtime.checkpoints import read_checkpoint, use_atomic_checkpoints
 from lmforge.runtime.rundir import LAST_CHECKPOINT
@@ -78,7 +79,14 @@ def build_trainer(
     callbacks (exact resume, throughput, graceful stop, finite loss) and `callbacks`."""
     throughput = TrainThroughput()
     stop = GracefulStop(run_dir / LAST_CHECKPOINT)
-    extra: list[pl.Callback] = [RandomState(), throughput, stop, FiniteLoss(), *callbacks]
+    extra: list[pl.Callback] = [
+        RandomState(),
+        throughput,
+        stop,
+        FiniteLoss(),
+        ValidateAtMaxSteps(),
+        *callbacks,
+    ]
     reporter = trial_reporter(cfg)  # a trial of a pruned sweep reports to its study
     if reporter is not None:
         extra.append(reporter)
