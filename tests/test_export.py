@@ -289,3 +289,59 @@ def test_console_script_exports_into_its_run_dir(classifier, tmp_path):
     assert read_json(run_dir / "parity.json")["passed"] is True
     assert (run_dir / "model.pt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     assert "parity max |diff|" in (run_dir / "export.log").read_text()
+
+
+def test_int8_export_records_its_test_metrics_against_the_checkpoint(classifier, tmp_path):
+    from lmforge.evaluate import evaluate
+    from lmforge.onnx_backend import inference_session
+
+    folder = export(
+        export_config(
+            classifier, tmp_path / "export", "format=onnx", "quantize=int8", "max_metric_drop=100"
+        )
+    )
+    record = read_json(folder / "quantization.json")
+    info = read_json(folder / "lmforge.json")
+    assert info["model_file"] == "model_int8.onnx" and info["quantization"] == record
+    assert (folder / "model.onnx").is_file() and (folder / "model_int8.onnx").is_file()
+    assert record["bytes"]["int8"] < record["bytes"]["fp32"]
+    assert record["metric"] == "test/acc" and record["drop_unit"] == "points"
+    assert record["drop"] == pytest.approx(100 * (record["checkpoint"] - record["int8"]), abs=1e-3)
+    assert "model_int8.onnx" in (folder / "README.md").read_text()
+
+    # The checkpoint's figure is what lmforge-eval gives; the int8 one is the graph's own
+    # accuracy, counted here from its logits on the test file.
+    cfg = compose_config([f"ckpt_path={classifier}"], config_name="eval")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+    assert record["checkpoint"] == pytest.approx(evaluate(cfg)["test/acc"], abs=1e-6)
+    from lmforge.evaluate import test_datamodule
+    from lmforge.tasks.runs import load_run
+
+    datamodule = test_datamodule(load_run(str(classifier), "test"), str(tmp_path / "cache"))
+    session = inference_session(folder / "model_int8.onnx")
+    names = [i.name for i in session.get_inputs()]
+    correct = total = 0
+    for batch in datamodule.test_dataloader():
+        (logits,) = session.run(["logits"], {n: batch[n].numpy() for n in names})
+        correct += int((torch.from_numpy(logits).argmax(-1) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    assert record["int8"] == pytest.approx(correct / total, abs=1e-6)
+    assert record["test_examples"] == total
+
+
+def test_an_int8_graph_that_loses_too_much_fails_unless_forced(classifier, tmp_path, monkeypatch):
+    figures = iter([{"test/acc": 0.90, "_examples": 30}, {"test/acc": 0.85, "_examples": 30}] * 2)
+    monkeypatch.setattr("lmforge.export._test_metrics", lambda *args: dict(next(figures)))
+    out = tmp_path / "export"
+    with pytest.raises(LmforgeError, match=r"0\.9000 with the checkpoint, 0\.8500 .*-5\.00 points"):
+        export(export_config(classifier, out, "format=onnx", "quantize=int8"))
+    assert read_json(out / "quantization.json")["passed"] is False
+    assert read_json(out / "lmforge.json")["model_file"] == "model.onnx"  # not switched
+    forced = export(
+        export_config(classifier, tmp_path / "forced", "format=onnx", "quantize=int8", "force=true")
+    )
+    record = read_json(forced / "lmforge.json")["quantization"]
+    assert record["forced"] is True and record["passed"] is False and record["drop"] == 5.0
+    with pytest.raises(LmforgeError, match="format=hf has none"):
+        export(export_config(classifier, tmp_path / "hf", "format=hf", "quantize=int8"))

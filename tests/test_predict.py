@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from lmforge.data.datamodule import load_tokenizer
 from lmforge.errors import LmforgeError
@@ -333,7 +333,8 @@ def test_predictions_on_the_gpu_match_the_cpu(classifier, run_predict):
         (["input=x", "ckpt_path={ckpt}", "model_dir={tmp}"], "both were given"),
         (["input=x", "ckpt_path={tmp}/none.ckpt"], "no such checkpoint file"),
         (["input=x", "model_dir={tmp}"], "no config.json there"),
-        (["input=x", "model_dir={tmp}/onnx"], "export of format 'onnx'.*format=hf"),
+        (["input=x", "model_dir={tmp}/ts"], "export of format 'torchscript'.*format=hf"),
+        (["input=x", "model_dir={tmp}/onnx"], "names the graph 'model.onnx', which is not in"),
         (["input={tmp}/missing.csv", "ckpt_path={ckpt}"], "input='.*missing.csv': no such file"),
         (["input={tmp}/table.xlsx", "ckpt_path={ckpt}"], "unsupported file type '.xlsx'"),
         (["input={tmp}/table.csv", "ckpt_path={ckpt}"], r"no column 'text'.*columns found: body"),
@@ -359,9 +360,12 @@ def test_errors_name_the_key_and_what_was_expected(
     (tmp_path / "table.xlsx").write_text("x")
     (tmp_path / "table.csv").write_text("body\nsome text\n")
     (tmp_path / "blank.txt").write_text("\n  \n")
-    (tmp_path / "onnx").mkdir()
-    (tmp_path / "onnx" / "config.json").write_text("{}")
-    (tmp_path / "onnx" / "lmforge.json").write_text(json.dumps({"format": "onnx"}))
+    for fmt in ("ts", "onnx"):
+        (tmp_path / fmt).mkdir()
+        config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+        (tmp_path / fmt / "config.json").write_text(json.dumps(config))
+        info = {"format": "torchscript" if fmt == "ts" else "onnx", "model_file": None}
+        (tmp_path / fmt / "lmforge.json").write_text(json.dumps(info))
     filled = [o.format(ckpt=classifier, tmp=tmp_path) for o in overrides]
     with pytest.raises(LmforgeError, match=expected):
         run_predict(*filled)
@@ -432,3 +436,50 @@ def test_a_pair_model_refuses_a_list_where_its_second_text_goes():
     assert predictor.pair_value(3, "input 1") == "3"
     with pytest.raises(LmforgeError, match="input 1: the 'context' of this model is one text"):
         predictor.pair_value(["a", "b"], "input 1")
+
+
+# ----- ONNX folders through ONNX Runtime ----------------------------------------------------------
+def onnx_folder(ckpt: Path, out: Path, *overrides: str) -> Path:
+    from lmforge.export import export
+    from tests.helpers import compose_config
+
+    cfg = compose_config([f"ckpt_path={ckpt}", "format=onnx", *overrides], config_name="export")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return export(cfg)
+
+
+@pytest.mark.parametrize(
+    ("run", "typed"),
+    [
+        ("classifier", "['match goal team','a guitar song with a piano played by the band']"),
+        ("tagger", "['it is written in Python','a tool for C']"),
+        ("masked_lm", "['match [MASK] team','the [MASK] oven [MASK] flour']"),
+    ],
+)
+def test_an_onnx_folder_predicts_through_onnx_runtime_like_its_checkpoint(
+    run, typed, request, run_predict, tmp_path
+):
+    ckpt = request.getfixturevalue(run)
+    folder = onnx_folder(ckpt, tmp_path / "onnx")
+    settings = [f"input={typed}", "max_length=32"]
+    expected = read_records(run_predict(f"ckpt_path={ckpt}", *settings))
+    for backend in ("auto", "onnxruntime"):
+        got = read_records(run_predict(f"model_dir={folder}", f"backend={backend}", *settings))
+        assert_same_records(got, expected)
+
+
+def test_what_an_onnx_folder_cannot_do_is_refused_clearly(
+    classifier, causal_lm, run_predict, tmp_path
+):
+    folder = onnx_folder(classifier, tmp_path / "onnx")
+    with pytest.raises(LmforgeError, match=r"backend=pytorch: .* ONNX graph"):
+        run_predict(f"model_dir={folder}", "backend=pytorch", "input=a")
+    with pytest.raises(LmforgeError, match="backend=onnxruntime runs an ONNX export"):
+        run_predict(f"ckpt_path={classifier}", "backend=onnxruntime", "input=a")
+    hf = export_folder(classifier, tmp_path / "hf")
+    with pytest.raises(LmforgeError, match="holds no ONNX graph"):
+        run_predict(f"model_dir={hf}", "backend=onnxruntime", "input=a")
+    lm = onnx_folder(causal_lm, tmp_path / "lm")
+    with pytest.raises(LmforgeError, match="generate token by token"):
+        run_predict(f"model_dir={lm}", "input=match")

@@ -82,7 +82,10 @@ def server(classifier, server_log):
         f"hydra.run.dir={root / 'run'}",
     ]
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed at teardown)
-    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    # Its own process group: the server's worker processes are stopped with it.
+    process = subprocess.Popen(
+        command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -95,12 +98,31 @@ def server(classifier, server_log):
             pass
         time.sleep(0.5)
     else:
-        process.kill()
+        stop_group(process)
         pytest.fail(f"lmforge-serve never got healthy: {(root / 'server.log').read_text()[-3000:]}")
     yield url, process
-    if process.poll() is None:
-        process.kill()
+    stop_group(process)
     log.close()
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a server and every process it started (LitServe's workers and API servers)."""
+    import contextlib
+    import os
+
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The main process is gone; its workers may linger a moment: the group goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return
 
 
 def post(url: str, body: object, raw: bytes | None = None) -> httpx.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import get_class, instantiate
@@ -33,20 +34,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     record_config(run_dir, cfg)
 
-    data_cfg = run.data_config()
-    data_cfg.cache_dir = f"{cfg.paths.cache_dir}/tokenized"
-    # The model's own label names (and the like), so the test data is encoded alike.
-    for key, value in module.data_settings().items():
-        data_cfg[key] = value
-    if cfg.test_file:
-        data_cfg.test_file = str(cfg.test_file)
-    data_cfg.max_test_samples = cfg.max_test_samples
-    if cfg.batch_size:
-        data_cfg.eval_batch_size = cfg.batch_size
-    datamodule = instantiate(data_cfg)
     try:
-        datamodule.prepare_data()
-        datamodule.setup("test")
+        datamodule = test_datamodule(
+            run, str(cfg.paths.cache_dir), cfg.test_file, cfg.max_test_samples, cfg.batch_size
+        )
     except LmforgeError as err:
         if not cfg.test_file:
             raise
@@ -74,13 +65,37 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         EvalMetrics(
             task=module.task_name,
             checkpoint=str(Path(cfg.ckpt_path).resolve()),
-            test_file=data_cfg.test_file,
+            test_file=str(cfg.test_file) if cfg.test_file else run.data_config().get("test_file"),
             examples=len(datamodule.splits["test"]),
             test=metrics,
         ),
     )
     log.info("Test metrics: %s", json.dumps(metrics))
     return metrics
+
+
+def test_datamodule(
+    run: TrainedRun,
+    cache_dir: str,
+    test_file: str | None = None,
+    max_test_samples: int | None = None,
+    batch_size: int | None = None,
+) -> Any:
+    """The run's data, set up for testing: its test split (or `test_file`) encoded as the run
+    encoded it (the model's own label names and the like)."""
+    data_cfg = run.data_config()
+    data_cfg.cache_dir = f"{cache_dir}/tokenized"
+    for key, value in run.module.data_settings().items():
+        data_cfg[key] = value
+    if test_file:
+        data_cfg.test_file = str(test_file)
+    data_cfg.max_test_samples = max_test_samples
+    if batch_size:
+        data_cfg.eval_batch_size = batch_size
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule
 
 
 def _check_test_file(test_file: str, run: TrainedRun) -> None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,6 +46,7 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # The ONNX exporter's optimizer logs every rewrite at INFO: hundreds of lines per export.
 ONNX_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 PARITY_FILE = "parity.json"
+QUANTIZATION_FILE = "quantization.json"
 MODEL_FILES = {"hf": None, "onnx": "model.onnx", "torchscript": "model.pt"}
 # Positional order of the exported inputs (TorchScript and ONNX take them in this order).
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -107,6 +110,8 @@ def export(cfg: DictConfig) -> Path:
     _write_model_card(out, fmt, family, cfg.ckpt_path, input_names)
     report = check_parity(run.module, run_exported, checks, family, fmt, float(cfg.tolerance))
     _record_parity(out, report)
+    if cfg.quantize:
+        _quantize(out, cfg, run, model)
     return out
 
 
@@ -115,6 +120,11 @@ def _check_options(cfg: DictConfig) -> str:
     """Fail fast, before loading anything, on settings that cannot work."""
     check_command_settings(cfg, ExportSchema)
     fmt = str(cfg.format)
+    if cfg.get("quantize") and fmt != "onnx":
+        raise LmforgeError(
+            f"quantize={cfg.quantize} quantizes an ONNX graph (ONNX Runtime's dynamic "
+            f"quantization); format={fmt} has none. Use format=onnx quantize={cfg.quantize}."
+        )
     if fmt == "onnx":
         require_onnx_extras()
     return fmt
@@ -514,6 +524,111 @@ def _record_parity(out: Path, report: dict[str, Any]) -> None:
             "acceptable for this model."
         )
     log.info("Exported %s to %s; parity max |diff| %.3g <= %g", fmt, out, diff, tolerance)
+
+
+# ----- int8 --------------------------------------------------------------------------------------
+def _quantize(out: Path, cfg: DictConfig, run: TrainedRun, model: PreTrainedModel) -> None:
+    """Write the int8 graph, test it and the checkpoint on the run's test split, record both
+    (quantization.json, lmforge.json, the model card) and fail above `max_metric_drop`."""
+    from lmforge.onnx_backend import QUANTIZED_FILE, OnnxModel, quantize_int8
+
+    family = run.family
+    started = time.perf_counter()
+    target = quantize_int8(out / cast(str, MODEL_FILES["onnx"]), out / QUANTIZED_FILE)
+    log.info("Quantized to int8 in %.1f s: %s", time.perf_counter() - started, target)
+    metric = f"test/{family.primary_metric}"
+    reference = _test_metrics(cfg, run, run.module.model)
+    graph = OnnxModel(
+        target, model.config, family.export_outputs, loss_function=model.loss_function
+    )
+    quantized = _test_metrics(cfg, run, graph)
+    if metric not in reference or metric not in quantized:
+        raise LmforgeError(
+            f"quantize=int8: the test split gave no {metric} to compare the int8 graph by "
+            f"(got {', '.join(sorted(quantized)) or 'nothing'})."
+        )
+    lower = family.primary_metric in family.lower_is_better
+    before, after = reference[metric], quantized[metric]
+    if lower:  # percent worse
+        drop = 100 * (after - before) / abs(before) if before else math.inf
+        unit = "%"
+    else:  # points lost
+        drop, unit = 100 * (before - after), " points"
+    fp32_file = cast(str, MODEL_FILES["onnx"])
+    sizes = {name: (out / name).stat().st_size for name in (fp32_file, QUANTIZED_FILE)}
+    record = {
+        "method": "ONNX Runtime dynamic quantization (int8 weights, activations per batch)",
+        "file": QUANTIZED_FILE,
+        "metric": metric,
+        "checkpoint": before,
+        "int8": after,
+        "drop": round(drop, 4),
+        "drop_unit": unit.strip(),
+        "max_metric_drop": float(cfg.max_metric_drop),
+        "test_examples": quantized.pop("_examples", None),
+        "checkpoint_metrics": {k: v for k, v in reference.items() if not k.startswith("_")},
+        "int8_metrics": quantized,
+        "bytes": {"fp32": sizes[fp32_file], "int8": sizes[QUANTIZED_FILE]},
+        "passed": drop <= float(cfg.max_metric_drop),
+        "forced": bool(cfg.force),
+    }
+    write_json(out, QUANTIZATION_FILE, record)
+    summary = (
+        f"{metric}: {before:.4f} with the checkpoint, {after:.4f} with the int8 graph "
+        f"({'+' if drop < 0 else '-'}{abs(drop):.2f}{unit}); {sizes[QUANTIZED_FILE] / 2**20:.1f} "
+        f"MiB against {sizes[fp32_file] / 2**20:.1f} MiB in fp32"
+    )
+    if not record["passed"] and not cfg.force:
+        raise LmforgeError(
+            f"quantize=int8: the int8 graph loses too much: {summary}, above "
+            f"max_metric_drop={cfg.max_metric_drop}{unit} (see {out / QUANTIZATION_FILE}; the "
+            "files are kept). Keep the fp32 graph (quantize=null), allow more "
+            "(max_metric_drop=...), or keep it anyway with force=true."
+        )
+    # The folder's graph is now the int8 one: lmforge-predict and lmforge-serve run it.
+    # lmforge.json was written by this export moments ago: updated in place.
+    info = json.loads((out / EXPORT_SETTINGS_FILE).read_text(encoding="utf-8"))
+    info.update(model_file=QUANTIZED_FILE, quantization=record)
+    (out / EXPORT_SETTINGS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    with (out / "README.md").open("a", encoding="utf-8") as card:
+        card.write(
+            f"\n## int8\n\n`{QUANTIZED_FILE}` is the int8 graph (ONNX Runtime's dynamic "
+            f"quantization), which `lmforge-predict model_dir=...` runs: {summary}"
+            f"{' (kept with force=true, above the allowed drop)' if not record['passed'] else ''}"
+            f". `{QUANTIZATION_FILE}` has every metric of both.\n"
+        )
+    log.info("int8 graph: %s", summary)
+
+
+def _test_metrics(cfg: DictConfig, run: TrainedRun, model: Any) -> dict[str, float]:
+    """The run's test metrics with `model` in place of its module's model (one CPU process,
+    float32)."""
+    import lightning.pytorch as pl
+
+    from lmforge.evaluate import test_datamodule
+
+    datamodule = test_datamodule(run, str(cfg.paths.cache_dir), None, cfg.max_test_samples)
+    module = run.module
+    original = module.model
+    module.model = model
+    try:
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            precision="32-true",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        module.model = original
+    metrics = {k: float(v) for k, v in results[0].items()}
+    metrics["_examples"] = len(datamodule.splits["test"])
+    return metrics
 
 
 # ----- records --------------------------------------------------------------------------------

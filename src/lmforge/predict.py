@@ -192,11 +192,19 @@ def load_predictor(cfg: DictConfig, device: torch.device) -> tuple[Predictor, Ta
     """The family predictor of `ckpt_path` or `model_dir`, on `device`, with the `max_length`
     and `text_column` overrides applied to the run's settings."""
     if cfg.ckpt_path:
+        if cfg.backend == "onnxruntime":
+            raise LmforgeError(
+                "backend=onnxruntime runs an ONNX export (model_dir=<folder>), not a checkpoint: "
+                "export it with lmforge-export format=onnx first (quantize=int8 for int8)."
+            )
         run = load_run(str(cfg.ckpt_path), "lmforge-predict")
         family, model, settings = run.family, run.module.model, run.settings()
         tokenizer = load_tokenizer_for_batching(str(run.tokenizer_dir))
     else:
-        family, model, tokenizer, settings = load_export_folder(str(cfg.model_dir))
+        backend = str(cfg.backend or "auto")
+        family, model, tokenizer, settings = load_export_folder(
+            str(cfg.model_dir), backend, cfg.threads
+        )
     positions = usable_positions(model.config.to_dict())
     if cfg.max_length is not None:
         if positions and cfg.max_length > positions:
@@ -208,6 +216,8 @@ def load_predictor(cfg: DictConfig, device: torch.device) -> tuple[Predictor, Ta
         settings["max_length"] = min(settings["max_length"], positions)
     if cfg.text_column:
         settings["text_column"] = str(cfg.text_column)
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(int(cfg.threads))
     # functools.wraps on PreTrainedModel.to hides its bound `self` from the type checker.
     model.to(device).eval()  # type: ignore[arg-type]
     predictor = family.predictor_class()(model, tokenizer, settings, cfg, device)
@@ -215,9 +225,12 @@ def load_predictor(cfg: DictConfig, device: torch.device) -> tuple[Predictor, Ta
     return predictor, family
 
 
-def load_export_folder(model_dir: str) -> tuple[TaskFamily, Any, Any, dict[str, Any]]:
-    """An exported Hugging Face folder: the family from `lmforge.json` or the architecture,
-    the settings from `lmforge.json`, label names from the config's `id2label`."""
+def load_export_folder(
+    model_dir: str, backend: str = "auto", threads: int | None = None
+) -> tuple[TaskFamily, Any, Any, dict[str, Any]]:
+    """An exported folder (Hugging Face, or ONNX run by ONNX Runtime): the family from
+    `lmforge.json` or the architecture, the settings from `lmforge.json`, label names from the
+    config's `id2label`."""
     folder = Path(model_dir).expanduser()
     if not (folder / "config.json").is_file():
         raise LmforgeError(
@@ -225,22 +238,37 @@ def load_export_folder(model_dir: str) -> tuple[TaskFamily, Any, Any, dict[str, 
             "save_pretrained or lmforge-export (config.json, weights, tokenizer files)."
         )
     settings: dict[str, Any] = dict(read_export_settings(folder, f"model_dir={model_dir!r}"))
-    if settings.get("format", "hf") != "hf":
+    fmt = settings.get("format", "hf")
+    if fmt not in ("hf", "onnx"):
         raise LmforgeError(
-            f"model_dir={model_dir!r} holds an export of format {settings['format']!r}; "
-            "lmforge-predict runs Hugging Face folders: export with lmforge-export format=hf "
-            "(the default)."
+            f"model_dir={model_dir!r} holds an export of format {fmt!r}; lmforge-predict and "
+            "lmforge-serve run Hugging Face folders (format=hf, the default) and ONNX ones "
+            "(format=onnx, through ONNX Runtime)."
+        )
+    if backend == "pytorch" and fmt == "onnx":
+        raise LmforgeError(
+            f"backend=pytorch: model_dir={model_dir!r} holds an ONNX graph, which runs through "
+            "ONNX Runtime (backend=auto or onnxruntime); for PyTorch, predict from the "
+            "checkpoint or a format=hf export."
+        )
+    if backend == "onnxruntime" and fmt != "onnx":
+        raise LmforgeError(
+            f"backend=onnxruntime: model_dir={model_dir!r} holds no ONNX graph; export one with "
+            "lmforge-export format=onnx (quantize=int8 for the int8 graph)."
         )
     config = AutoConfig.from_pretrained(folder)
     family = export_family(settings.get("task"), config.architectures, model_dir)
-    try:
-        model = family.auto_model_class(settings).from_pretrained(folder)
-    except Exception as err:
-        raise LmforgeError(
-            f"model_dir={model_dir!r} could not be loaded as a {family.name} Hugging Face model "
-            "(lmforge-predict reads folders of save_pretrained or lmforge-export format=hf, not "
-            f"ONNX or TorchScript ones): {err}"
-        ) from err
+    if fmt == "onnx":
+        model = onnx_model(folder, config, settings, family, model_dir, threads)
+    else:
+        try:
+            model = family.auto_model_class(settings).from_pretrained(folder)
+        except Exception as err:
+            raise LmforgeError(
+                f"model_dir={model_dir!r} could not be loaded as a {family.name} Hugging Face "
+                "model (lmforge-predict reads folders of save_pretrained or lmforge-export "
+                f"format=hf or onnx): {err}"
+            ) from err
     try:
         tokenizer = load_tokenizer_for_batching(str(folder))
     except LmforgeError as err:
@@ -254,6 +282,36 @@ def load_export_folder(model_dir: str) -> tuple[TaskFamily, Any, Any, dict[str, 
         settings["multi_label"] = config.problem_type == "multi_label_classification"
     settings["max_length"] = settings.get("max_length") or tokenizer.model_max_length
     return family, model, tokenizer, settings
+
+
+def onnx_model(
+    folder: Path,
+    config: Any,
+    settings: dict[str, Any],
+    family: TaskFamily,
+    model_dir: str,
+    threads: int | None = None,
+) -> Any:
+    """The folder's ONNX graph (`lmforge.json`'s model_file: the int8 one after
+    quantize=int8) behind the model interface of the family's predictor."""
+    from lmforge.export import require_onnx_extras
+    from lmforge.onnx_backend import OnnxModel
+
+    if not family.predictor_class().runs_on_graphs:
+        raise LmforgeError(
+            f"model_dir={model_dir!r}: {family.name} predictions generate token by token, "
+            "which needs the PyTorch model; predict from the checkpoint or a format=hf export "
+            "(the ONNX graph gives one pass's logits)."
+        )
+    require_onnx_extras()
+    path = folder / str(settings.get("model_file") or "model.onnx")
+    if not path.is_file():
+        raise LmforgeError(
+            f"model_dir={model_dir!r}: {EXPORT_SETTINGS_FILE} names the graph "
+            f"{path.name!r}, which is not in the folder."
+        )
+    outputs = settings.get("outputs") or list(family.export_outputs)
+    return OnnxModel(path, config, outputs, threads=threads)
 
 
 def export_family(task: str | None, architectures: list[str] | None, model_dir: str) -> TaskFamily:

@@ -212,6 +212,8 @@ class PredictSchema(Section):
 
     ckpt_path: str | None = ABSENT
     model_dir: str | None = ABSENT
+    backend: Literal["auto", "pytorch", "onnxruntime"] = ABSENT
+    threads: int | None = Field(ABSENT, ge=1)
     text_column: str | None = ABSENT
     output: str | None = ABSENT
     output_format: Literal["jsonl", "csv"] = ABSENT
@@ -255,6 +257,10 @@ class ExportSchema(Section):
     tolerance: float = Field(ABSENT, ge=0)
     parity_texts: str | None = ABSENT
     onnx_opset: int = Field(ABSENT, ge=7)
+    quantize: Literal["int8"] | None = ABSENT
+    max_metric_drop: float = Field(ABSENT, ge=0)
+    force: bool = ABSENT
+    max_test_samples: int | None = Field(ABSENT, gt=0)
 
 
 class EvalSchema(Section):

@@ -87,6 +87,8 @@ class ExportSettings(TypedDict, total=False):
     model_type: str
     source_checkpoint: str
     lmforge_version: str
+    # quantize=int8: the int8 graph's test metrics against the checkpoint's.
+    quantization: dict[str, Any]
     # Run settings every family may have; a family adds its own.
     labels: list[str]
     max_length: int

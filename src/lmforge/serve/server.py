@@ -40,7 +40,13 @@ def worker_options(cfg: DictConfig) -> dict[str, Any]:
         resolve=True,
     )
     assert isinstance(options, dict)
-    return {str(k): v for k, v in options.items()}
+    worker: dict[str, Any] = {str(k): v for k, v in options.items()}
+    if not worker.get("threads"):
+        # Workers share the cores: each gets its part (the front end's own work is light).
+        from lmforge.onnx_backend import session_threads
+
+        worker["threads"] = max(1, session_threads() // int(cfg.serve.workers))
+    return worker
 
 
 def build_server(cfg: DictConfig) -> Any:

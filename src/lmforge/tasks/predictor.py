@@ -39,6 +39,9 @@ class Predictor:
 
     # Whether a table row's text may be a list of words (read as such, not as one string).
     reads_words = False
+    # Whether it predicts from the exported outputs of one forward pass (an ONNX graph can
+    # stand in for the model); a predictor that generates token by token does not.
+    runs_on_graphs = True
 
     def __init__(
         self, model: Any, tokenizer: Any, settings: Mapping[str, Any], options: Any, device: Any

@@ -72,6 +72,8 @@ class CausalLMPredictor(Predictor):
     on instructions gets its prompt template filled with the input (then rendered as a user
     turn when the run had `data.apply_chat_template`)."""
 
+    runs_on_graphs = False  # it calls `generate`, a loop over the PyTorch model
+
     def prompt_ids(self, text: str, where: str) -> list[int]:
         """The tokens of one input as the run's training rendered prompts."""
         from lmforge.tasks.language_modeling.chat import encode_spans, render
