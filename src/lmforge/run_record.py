@@ -25,6 +25,7 @@ from lmforge.evaluation.comparison import (
 from lmforge.evaluation.testing import best_validation
 from lmforge.reporting.plots import plot_run_curves
 from lmforge.runtime.callbacks import peak_memory
+from lmforge.runtime.flops import arithmetic_of, efficiency_record
 from lmforge.runtime.loggers import publish_run_results
 from lmforge.runtime.precision import PrecisionChoice
 from lmforge.runtime.record import ParameterCounts, RunMetrics, write_run_metrics
@@ -98,6 +99,13 @@ def record_end(
         "optimized_metric": cfg.optimized_metric,
         "wall_time_seconds": round(time.perf_counter() - started, 2),
         "train_samples_per_second": run.samples_per_second,
+        "efficiency": efficiency_record(
+            run.flops_per_second,
+            run.device,
+            arithmetic_of(str(cfg.trainer.precision), torch.get_float32_matmul_precision()),
+            str(cfg.paths.cache_dir),
+            devices=run.trainer.world_size,
+        ),
         "precision": str(cfg.trainer.precision),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "precision_choice": precision.record(),
@@ -123,6 +131,16 @@ def record_end(
     publish_run_results(run.trainer.loggers, run_dir, metrics)
     if comparison["verdict"]:
         log.info("%s", comparison["verdict"])
+    if efficiency := metrics["efficiency"]:
+        log.info(
+            "Training efficiency: %.1f GFLOP/s of model FLOPs, %.1f%% of the %.1f GFLOP/s "
+            "peak (%s; MFU %.3f)",
+            efficiency["model_flops_per_second"] / 1e9,
+            100 * (efficiency["mfu"] or 0),
+            efficiency["peak_flops_per_second"] / 1e9,
+            efficiency["peak_source"],
+            efficiency["mfu"] or 0,
+        )
     log.info("Test metrics: %s", json.dumps(metrics["test"]))
     log.info("Run finished in %.1f s; metrics in %s", metrics["wall_time_seconds"], path)
     return metrics

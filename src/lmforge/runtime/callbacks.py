@@ -65,7 +65,15 @@ class TrainThroughput(pl.Callback):
     def __init__(self) -> None:
         self.samples = 0
         self.seconds = 0.0
+        self.flops = 0.0  # model FLOPs of the batches counted (lmforge.runtime.flops)
         self._mark: float | None = None
+        self._model_flops: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lmforge.runtime.flops import ModelFlops
+
+        model = getattr(pl_module, "model", None)
+        self._model_flops = ModelFlops(model) if isinstance(model, torch.nn.Module) else None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._mark = time.perf_counter()
@@ -82,13 +90,23 @@ class TrainThroughput(pl.Callback):
         if self._mark is not None:
             self.seconds += now - self._mark
         self._mark = now
-        self.samples += int(batch["input_ids"].shape[0]) * trainer.world_size
+        ids = batch["input_ids"]
+        self.samples += int(ids.shape[0]) * trainer.world_size
+        if self._model_flops is not None:
+            # (rows, positions); multiple choice's (rows, choices, positions) as rows x choices
+            positions = int(ids.shape[-1])
+            rows = int(ids.numel()) // max(positions, 1)
+            self.flops += self._model_flops.per_batch(rows, positions) * trainer.world_size
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Logged (not only kept here) so they reach the main process under spawned DDP too;
         # the progress counters go to callback_metrics only, not to the loggers.
         if self.seconds:
             pl_module.log("train/samples_per_sec", self.samples / self.seconds, rank_zero_only=True)
+            if self.flops:
+                pl_module.log(
+                    "train/model_flops_per_sec", self.flops / self.seconds, rank_zero_only=True
+                )
         pl_module.log(
             "progress/epochs", float(trainer.current_epoch + 1), logger=False, rank_zero_only=True
         )
@@ -99,6 +117,10 @@ class TrainThroughput(pl.Callback):
     @property
     def samples_per_second(self) -> float | None:
         return self.samples / self.seconds if self.seconds else None
+
+    @property
+    def flops_per_second(self) -> float | None:
+        return self.flops / self.seconds if self.seconds and self.flops else None
 
 
 def peak_memory() -> dict[str, float | None]:

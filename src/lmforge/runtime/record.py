@@ -46,6 +46,8 @@ class RunMetrics(TypedDict):
     optimized_metric: str
     wall_time_seconds: float
     train_samples_per_second: float | None
+    # Achieved model FLOP/s, the device's peak in the run's arithmetic, its source and the MFU.
+    efficiency: dict[str, Any] | None
     precision: str
     float32_matmul_precision: str
     precision_choice: dict[str, Any] | None
@@ -107,6 +109,7 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "optimized_metric": "",
     "wall_time_seconds": None,
     "train_samples_per_second": None,
+    "efficiency": None,
     "precision": "",
     "float32_matmul_precision": "",
     "precision_choice": None,

@@ -44,6 +44,8 @@ class RunTrainer:
     # The callback of a sweep trial that reports to its study (None outside pruned sweeps).
     reporter: TrialReporter | None = None
     samples_per_second: float | None = None
+    # Model FLOPs per second of training, all processes together (lmforge.runtime.flops).
+    flops_per_second: float | None = None
     progress: dict[str, int] = field(
         default_factory=lambda: {"epochs_completed": 0, "global_step": 0}
     )
@@ -142,6 +144,9 @@ def fit(
     logged = trainer.callback_metrics
     run.samples_per_second = run.throughput.samples_per_second or scalar(
         logged.get("train/samples_per_sec")
+    )
+    run.flops_per_second = run.throughput.flops_per_second or scalar(
+        logged.get("train/model_flops_per_sec")
     )
     run.progress = {
         "epochs_completed": trainer.current_epoch or int(logged.get("progress/epochs", 0)),
