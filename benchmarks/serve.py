@@ -9,8 +9,10 @@ many cut at 128) or a package synopsis (`--inputs synopses`, 12 tokens on averag
 or queries). For each inputs kind and server setting
 the script starts `lmforge-serve` on a free loopback port, and for 1, 8 and 32 concurrent
 clients (threads, one HTTP connection each) sends `--requests-per-client` requests per client,
-timing each one. The loop is the same predictor called in this process for one text at a
-time, without HTTP: the cost of serving one request at a time with no server at all.
+timing each one. The loops are the same predictor called in this process without HTTP, for
+one text at a time (the cost of serving one request at a time with no server at all) and in
+batches of `--max-batch-size` texts sorted by length (what the model gives when batched as the
+server batches it: the ceiling of the served requests/s).
 
     python benchmarks/serve.py
     python benchmarks/serve.py --clients 1 8 32 --requests-per-client 20 --max-batch-size 32
@@ -133,8 +135,9 @@ def load(url: str, clients: int, per_client: int, inputs: list[str]) -> dict[str
     }
 
 
-def plain_loop(source: list[str], inputs: list[str]) -> float:
-    """Requests/s of the model's predictor called for one text at a time, in this process."""
+def plain_loops(source: list[str], inputs: list[str], batch_size: int) -> tuple[float, float]:
+    """Texts/s of the model's predictor in this process, no HTTP: called for one text at a
+    time, and in batches of `batch_size` texts sorted by length (as the server runs them)."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -150,7 +153,12 @@ def plain_loop(source: list[str], inputs: list[str]) -> float:
     started = time.perf_counter()
     for text in inputs:
         predictor.predict([InputText(text)])
-    return len(inputs) / (time.perf_counter() - started)
+    one = len(inputs) / (time.perf_counter() - started)
+    ordered = sorted(inputs, key=len)
+    started = time.perf_counter()
+    for start in range(0, len(ordered), batch_size):
+        predictor.predict([InputText(t) for t in ordered[start : start + batch_size]])
+    return one, len(inputs) / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -167,6 +175,7 @@ def main() -> None:
         choices=["descriptions", "synopses"],
         default=["descriptions", "synopses"],
     )
+    parser.add_argument("--settings", nargs="+", choices=["batching", "no batching"], default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmforge-serve-bench-"))
     if args.ckpt:
@@ -185,16 +194,22 @@ def main() -> None:
     rows = []
     for kind in args.inputs:
         inputs = texts(kind, max(args.clients) * args.requests_per_client)
-        loop = plain_loop(source, inputs[:200])
-        rows.append((kind, "plain loop (in process, no HTTP)", 1, {"requests_per_s": loop}, loop))
-        print(f"{kind}: plain loop, one request at a time, no HTTP: {loop:.1f} requests/s")
+        loop, batched = plain_loops(source, inputs[:256], args.max_batch_size)
+        rows.append((kind, "plain loop", 1, {"requests_per_s": loop}, loop, batched))
+        rows.append((kind, "batched loop", 1, {"requests_per_s": batched}, loop, batched))
+        print(
+            f"{kind}: plain loop, no HTTP: {loop:.1f} texts/s one at a time, {batched:.1f} in "
+            f"sorted batches of {args.max_batch_size}"
+        )
         for name, options in settings.items():
+            if args.settings and name not in args.settings:
+                continue
             log = work / f"{kind}_{name.replace(' ', '_')}.log"
             process, url = start_server(source, options, log)
             try:
                 for clients in args.clients:
                     figures = load(url, clients, args.requests_per_client, inputs)
-                    rows.append((kind, name, clients, figures, loop))
+                    rows.append((kind, name, clients, figures, loop, batched))
                     print(
                         f"{kind} {name:12s} {clients:3d} clients: "
                         f"{figures['requests_per_s']:7.1f} req/s  p50 {figures['p50_ms']:7.1f} ms"
@@ -206,13 +221,16 @@ def main() -> None:
                 process.terminate()
                 process.wait(timeout=60)
     print()
-    print("| inputs | server | clients | requests/s | p50 ms | p95 ms | x plain loop |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for kind, name, clients, f, loop in rows:
+    print(
+        "| inputs | server | clients | requests/s | p50 ms | p95 ms | x plain loop "
+        "| x batched loop |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for kind, name, clients, f, loop, batched in rows:
         latency = f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f}" if "p50_ms" in f else " | "
         print(
             f"| {kind} | {name} | {clients} | {f['requests_per_s']:.1f} | {latency} | "
-            f"{f['requests_per_s'] / loop:.2f} |"
+            f"{f['requests_per_s'] / loop:.2f} | {f['requests_per_s'] / batched:.2f} |"
         )
 
 

@@ -67,14 +67,32 @@ def server_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("serve")
 
 
+@pytest.fixture(scope="module", params=["checkpoint", "onnx"])
+def served(request, classifier, tmp_path_factory) -> str:
+    """What the server loads: the tiny classifier's checkpoint, or its ONNX export (run by
+    ONNX Runtime): every HTTP test below runs against both."""
+    if request.param == "checkpoint":
+        return f"ckpt_path={classifier}"
+    from omegaconf import open_dict
+
+    from lmforge.export import export
+    from tests.helpers import compose_config
+
+    cfg = compose_config([f"ckpt_path={classifier}", "format=onnx"], config_name="export")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path_factory.mktemp("onnx") / "export")
+    return f"model_dir={export(cfg)}"
+
+
 @pytest.fixture(scope="module")
-def server(classifier, server_log):
+def server(served, server_log):
     """`lmforge-serve` on the tiny classifier: (base URL, process); stopped at the end."""
     port = free_port()
-    root = server_log
+    root = server_log / served.partition("=")[0]
+    root.mkdir(exist_ok=True)
     command = [
         str(Path(sys.executable).parent / "lmforge-serve"),
-        f"ckpt_path={classifier}",
+        served,
         f"serve.port={port}",
         "serve.max_batch_size=4",
         "serve.batch_timeout=0.05",
@@ -230,7 +248,7 @@ def test_the_served_records_are_json(server):
 
 
 # Last: it stops the module's server.
-def test_sigterm_shuts_the_server_and_its_workers_down(server, server_log):
+def test_sigterm_shuts_the_server_and_its_workers_down(server, served, server_log):
     url, process = server
     workers = children_of(process.pid)
     assert workers, "the server runs its inference worker in a process of its own"
@@ -243,5 +261,5 @@ def test_sigterm_shuts_the_server_and_its_workers_down(server, server_log):
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
     # A clean shutdown: no process, the workers included, logs a traceback.
-    log = (server_log / "server.log").read_text()
+    log = (server_log / served.partition("=")[0] / "server.log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]

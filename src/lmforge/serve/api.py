@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import litserve as ls
 from omegaconf import OmegaConf
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 
 from lmforge.errors import LmforgeError
@@ -31,18 +30,31 @@ from lmforge.serve.checks import (
 log = logging.getLogger(__name__)
 
 
-class RequestChecks(BaseHTTPMiddleware):
+class RequestChecks:
     """Answers malformed POST /predict requests in the front end, before they could join a
-    batch, with a 4xx status and a JSON message."""
+    batch, with a 4xx status and a JSON message.
+
+    A plain ASGI middleware (the body read once, checked, then handed on as it came): Starlette's
+    BaseHTTPMiddleware wraps every request and response of the app in streams and a task group,
+    which costs the front end time on every request, the good ones included.
+    """
 
     def __init__(self, app: Any, limits: Limits) -> None:
-        super().__init__(app)
+        self.app = app
         self.limits = limits
 
-    async def dispatch(self, request: Any, call_next: Any) -> Any:
-        if request.method != "POST" or request.url.path != API_PATH:
-            return await call_next(request)
-        body = await request.body()
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != API_PATH:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
         try:
             try:
                 payload = json.loads(body)
@@ -50,8 +62,19 @@ class RequestChecks(BaseHTTPMiddleware):
                 raise RequestRefused(400, f"The request body is not JSON: {err}.") from None
             read_inputs(payload, self.limits)
         except RequestRefused as refused:
-            return JSONResponse({"error": refused.message}, status_code=refused.status)
-        return await call_next(request)
+            response = JSONResponse({"error": refused.message}, status_code=refused.status)
+            await response(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return cast(dict[str, Any], await receive())  # waits for a disconnect
+
+        await self.app(scope, replay, send)
 
 
 # litserve ships no type information: its LitAPI is `Any` to mypy.
