@@ -19,7 +19,7 @@ WORKERS ?= auto
 # --durations: the slowest tests are named at the end of every run, so the suite's time stays in view.
 PYTEST := HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=20
 
-.PHONY: install train test test-all test-latest lock lint format gpu-check
+.PHONY: install train test test-all test-latest lock lint format gpu-check docs serve-docs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,12 @@ lock:
 gpu-check: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m gpu
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python benchmarks/gpu_check.py
+
+# The documentation site (mkdocs.yml, docs/): built strictly into site/, or served with live
+# reload at http://127.0.0.1:8000. The configuration reference is regenerated from the schema.
+docs: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python scripts/build_docs_pages.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict
+
+serve-docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs serve
