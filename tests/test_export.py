@@ -345,3 +345,21 @@ def test_an_int8_graph_that_loses_too_much_fails_unless_forced(classifier, tmp_p
     assert record["forced"] is True and record["passed"] is False and record["drop"] == 5.0
     with pytest.raises(LmforgeError, match="format=hf has none"):
         export(export_config(classifier, tmp_path / "hf", "format=hf", "quantize=int8"))
+
+
+@pytest.mark.parametrize(
+    ("run", "metric", "unit"),
+    [("tagger", "test/f1", "points"), ("causal_lm", "test/perplexity", "%")],
+)
+def test_int8_checks_other_families_by_their_primary_metric(run, metric, unit, request, tmp_path):
+    ckpt = request.getfixturevalue(run)
+    folder = export(
+        export_config(
+            ckpt, tmp_path / "export", "format=onnx", "quantize=int8", "max_metric_drop=1000"
+        )
+    )
+    record = read_json(folder / "quantization.json")
+    assert record["metric"] == metric and record["drop_unit"] == unit.strip()
+    before, after = record["checkpoint"], record["int8"]
+    expected = 100 * (before - after) if unit == "points" else 100 * (after - before) / before
+    assert record["drop"] == pytest.approx(expected, abs=1e-3)
