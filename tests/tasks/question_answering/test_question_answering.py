@@ -623,6 +623,24 @@ def test_onnx_and_torchscript_exports_match_both_outputs(qa_run, tmp_path, fmt):
     assert parity["passed"] and parity["outputs"] == ["start_logits", "end_logits"]
     for record in parity["inputs"]:
         assert set(record["outputs"]) == {"start_logits", "end_logits"}
+    if fmt == "onnx":  # lmforge-predict runs the ONNX folder through ONNX Runtime
+        typed = (
+            "[{question:'What language is tool5 written in?',context:'tool5 handles maps. It is "
+            "written in Perl.'},{question:'What does tool9 print?',context:'tool9 handles mail.'}]"
+        )
+        records = {}
+        for source in (f"model_dir={folder}", f"ckpt_path={qa_run / 'checkpoints' / 'best.ckpt'}"):
+            predict_cfg = compose_config([source, f"input={typed}"], config_name="predict")
+            with open_dict(predict_cfg):
+                predict_cfg.paths.output_dir = str(tmp_path / source.split("=")[0])
+            path = predict(predict_cfg)
+            records[source[:5]] = [json.loads(line) for line in path.read_text().splitlines()]
+        for got, want in zip(records["model"], records["ckpt_"], strict=True):
+            assert got["answer"] == want["answer"] and got["start"] == want["start"]
+            assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+            assert got["no_answer_probability"] == pytest.approx(
+                want["no_answer_probability"], abs=1e-5
+            )
 
 
 def test_a_fixed_null_threshold_is_kept_and_a_bad_one_refused(tiny_model):
