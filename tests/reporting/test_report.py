@@ -111,6 +111,7 @@ def test_report_of_a_multirun(sweep):
         assert float(row["wall_time_seconds"]) == pytest.approx(metrics["wall_time_seconds"])
         assert int(row["trainable_parameters"]) == metrics["parameters"]["trainable"]
         assert int(row["epochs_completed"]) == 2
+        assert float(row["mfu"]) == pytest.approx(metrics["efficiency"]["mfu"])
 
     for name in ("learning_curves.png", "metric_vs_optimizer.lr.png", "confusion_matrix.png"):
         assert_png(out / name)

@@ -262,6 +262,7 @@ def _table(runs: list[Run], override_keys: list[str]) -> tuple[list[str], list[l
     columns += ["optimized_metric"] if len(optimized) > 1 else []
     columns += ["best_validation", *test_keys, *val_keys]
     columns += ["wall_time_seconds", "train_samples_per_second"]
+    columns += ["mfu"] if any(_cells(r).get("mfu") is not None for r in runs) else []
     columns += ["trainable_parameters", "trainable_percent", "epochs_completed"]
     columns += ["pruned_at_epoch"] if any(_pruned(r) for r in runs) else []
     rows = [[_cells(run).get(c) for c in columns] for run in runs]
@@ -285,6 +286,7 @@ def _cells(run: Run) -> dict[str, Any]:
             **metrics["test"],
             "wall_time_seconds": metrics["wall_time_seconds"],
             "train_samples_per_second": metrics["train_samples_per_second"],
+            "mfu": (metrics.get("efficiency") or {}).get("mfu"),
             "trainable_parameters": parameters["trainable"] if parameters else None,
             "trainable_percent": parameters["trainable_percent"] if parameters else None,
             "epochs_completed": metrics["epochs_completed"],
