@@ -10,7 +10,6 @@ per batch as it runs).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,9 @@ QUANTIZED_FILE = "model_int8.onnx"
 def session_threads(threads: int | None = None) -> int:
     """Intra-op threads of a session: `threads`, else the cores this process may use (ONNX
     Runtime's own default counts every core of the machine, cgroup limits aside)."""
-    if threads:
-        return int(threads)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    from lmforge.data.datamodule import available_cores
+
+    return int(threads) if threads else available_cores()
 
 
 def inference_session(path: Path, threads: int | None = None) -> Any:
