@@ -355,10 +355,16 @@ def test_int8_checks_other_families_by_their_primary_metric(run, metric, unit, r
     ckpt = request.getfixturevalue(run)
     folder = export(
         export_config(
-            ckpt, tmp_path / "export", "format=onnx", "quantize=int8", "max_metric_drop=1000"
+            ckpt,
+            tmp_path / "export",
+            "format=onnx",
+            "quantize=int8",
+            "max_metric_drop=1000",
+            "max_test_samples=6",
         )
     )
     record = read_json(folder / "quantization.json")
+    assert record["test_examples"] <= 6  # the cap (NER and LM count sentences, blocks)
     assert record["metric"] == metric and record["drop_unit"] == unit.strip()
     before, after = record["checkpoint"], record["int8"]
     expected = 100 * (before - after) if unit == "points" else 100 * (after - before) / before

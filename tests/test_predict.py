@@ -483,3 +483,12 @@ def test_what_an_onnx_folder_cannot_do_is_refused_clearly(
     lm = onnx_folder(causal_lm, tmp_path / "lm")
     with pytest.raises(LmforgeError, match="generate token by token"):
         run_predict(f"model_dir={lm}", "input=match")
+
+
+def test_threads_sets_the_forward_passes_cpu_threads(classifier, run_predict):
+    before = torch.get_num_threads()
+    try:
+        run_predict(f"ckpt_path={classifier}", "input=a", "threads=1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
