@@ -321,6 +321,10 @@ class TextDataModule(pl.LightningDataModule):
         """Examples per label (words per tag for NER) of an encoded split; None without labels."""
         return None
 
+    def no_examples_reason(self, dataset: datasets.Dataset) -> str:
+        """Why a split with rows gave no example (families that merge rows say how)."""
+        return "Check that its rows hold text in the configured columns."
+
     def source_of(self, split: str) -> str:
         """Where a split comes from, as errors and the data report name it."""
         if path := self.sources.get(f"{split}_file"):
@@ -409,6 +413,11 @@ class TextDataModule(pl.LightningDataModule):
                 load_from_cache_file=False,
                 num_proc=processes if processes > 1 else None,
             )
+            if len(tokenized[split]) == 0 and len(dataset) > 0:
+                raise LmforgeError(
+                    f"The {split} split ({self.source_of(split)}) has {len(dataset):,} row(s) "
+                    f"but gives no example once tokenized. {self.no_examples_reason(dataset)}"
+                )
             stats[split] = {
                 "examples": len(tokenized[split]),
                 "truncated": int(sum(tokenized[split]["truncated"])),

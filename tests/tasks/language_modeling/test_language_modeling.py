@@ -238,3 +238,32 @@ def test_lora_on_a_pretrained_causal_lm_saves_adapters_and_generates(
     assert saved and all("lora_" in key for key in saved)  # GPT-2's head is tied: no head weights
     module = load_task_module(ckpt)
     assert module.generate(["match goal"])[0].startswith("match goal")
+
+
+def test_a_split_shorter_than_one_block_is_refused_with_its_token_count(tmp_path, tiny_model):
+    """A small corpus whose carved test split holds less than one block: one paragraph naming
+    the split, its source, its tokens and the block size, not a KeyError from datasets."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i} of a small corpus.\n" for i in range(40)))
+    dm = LanguageModelingDataModule(
+        tokenizer=str(tiny_model),
+        train_file=str(corpus),
+        block_size=128,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(LmforgeError) as error:
+        dm.prepare_data()
+    message = str(error.value)
+    assert message.startswith("The test split (carved from data.train_file=")
+    assert "data.block_size=128" in message and "data.mode=truncate" in message
+    assert "\n" not in message
+    # Each line is 7 tokens and its separator; 10% of 40 lines are carved for test.
+    assert "about 32 tokens" in message
+    # In truncate mode every document is an example: the same corpus prepares.
+    LanguageModelingDataModule(
+        tokenizer=str(tiny_model),
+        train_file=str(corpus),
+        block_size=128,
+        mode="truncate",
+        cache_dir=str(tmp_path / "cache"),
+    ).prepare_data()

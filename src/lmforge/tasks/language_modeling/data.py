@@ -269,6 +269,23 @@ class LanguageModelingDataModule(TextDataModule):
         out["_truncated"] = [False] * len(out["input_ids"])
         return out
 
+    def no_examples_reason(self, dataset: datasets.Dataset) -> str:
+        if self.mode != "group":
+            return super().no_examples_reason(dataset)
+        tokenizer = cast(PreTrainedTokenizerBase, self.tokenizer)
+        texts = [str(t) for t in dataset[self.text_column]]
+        tokens = sum(
+            len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+        )
+        return (
+            f"With data.mode=group its texts are joined and cut into blocks of "
+            f"data.block_size={self.block_size} tokens, and they hold about {tokens:,} tokens, "
+            "less than one block (a remainder shorter than a block is dropped). Give that split "
+            "more text (a carved split gets data.validation_ratio or data.test_ratio of the "
+            "training file), lower data.block_size, or set data.mode=truncate (one example per "
+            "document)."
+        )
+
     def after_tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """Mask validation and test once, with the run's seed (masked LM only)."""
         if self.objective != "masked" or split == "train":
