@@ -12,7 +12,10 @@ clients (threads, one HTTP connection each) sends `--requests-per-client` reques
 timing each one. The loops are the same predictor called in this process without HTTP, for
 one text at a time (the cost of serving one request at a time with no server at all) and in
 batches of `--max-batch-size` texts sorted by length (what the model gives when batched as the
-server batches it: the ceiling of the served requests/s).
+server batches it: the ceiling of the served requests/s). Each load also reports the CPU time
+per request of the clients (this process), the server's front end and its inference worker
+(read from /proc: Linux), beside the batched loop's CPU time per text: where clients and server
+share the cores, the clients' and front end's share is taken from the model.
 
     python benchmarks/serve.py
     python benchmarks/serve.py --clients 1 8 32 --requests-per-client 20 --max-batch-size 32
@@ -25,6 +28,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -96,6 +100,36 @@ def start_server(source: list[str], settings: list[str], log: Path) -> tuple[sub
     raise SystemExit(f"lmforge-serve did not get healthy; see {log}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux: read from /proc)."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += process_tree(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_part(server: int) -> dict[str, float]:
+    """CPU seconds so far of the server's inference workers (LitServe starts them with
+    multiprocessing's spawn) and of its other processes (the HTTP front end, the launcher)."""
+    parts = {"front end": 0.0, "worker": 0.0}
+    for pid in process_tree(server):
+        try:
+            spawned = b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        parts["worker" if spawned else "front end"] += cpu_seconds(pid)
+    return parts
+
+
 def load(url: str, clients: int, per_client: int, inputs: list[str]) -> dict[str, float]:
     """`clients` threads, each sending `per_client` requests in turn; seconds per request."""
     latencies: list[float] = []
@@ -155,10 +189,12 @@ def plain_loops(source: list[str], inputs: list[str], batch_size: int) -> tuple[
         predictor.predict([InputText(text)])
     one = len(inputs) / (time.perf_counter() - started)
     ordered = sorted(inputs, key=len)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(ordered), batch_size):
         predictor.predict([InputText(t) for t in ordered[start : start + batch_size]])
-    return one, len(inputs) / (time.perf_counter() - started)
+    batched = len(inputs) / (time.perf_counter() - started)
+    print(f"batched loop: {1000 * (time.process_time() - cpu) / len(inputs):.2f} CPU ms per text")
+    return one, batched
 
 
 def main() -> None:
@@ -204,17 +240,28 @@ def main() -> None:
         for name, options in settings.items():
             if args.settings and name not in args.settings:
                 continue
-            log = work / f"{kind}_{name.replace(' ', '_')}.log"
+            slug = re.sub(r"\W+", "_", name)
+            log = work / f"{kind}_{slug}.log"
             process, url = start_server(source, options, log)
             try:
                 for clients in args.clients:
+                    before, clients_before = cpu_by_part(process.pid), time.process_time()
                     figures = load(url, clients, args.requests_per_client, inputs)
+                    # CPU per request of each part: the clients (this process's threads),
+                    # the server's front end and its inference workers.
+                    after, requests = cpu_by_part(process.pid), clients * args.requests_per_client
+                    figures["cpu_ms"] = {
+                        "clients": 1000 * (time.process_time() - clients_before) / requests,
+                        **{k: 1000 * (after[k] - before[k]) / requests for k in after},
+                    }
                     rows.append((kind, name, clients, figures, loop, batched))
                     print(
                         f"{kind} {name:12s} {clients:3d} clients: "
                         f"{figures['requests_per_s']:7.1f} req/s  p50 {figures['p50_ms']:7.1f} ms"
                         f"  p95 {figures['p95_ms']:7.1f} ms  "
-                        f"({figures['requests_per_s'] / loop:.2f}x the loop)",
+                        f"({figures['requests_per_s'] / loop:.2f}x the loop); CPU ms per "
+                        "request: "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in figures["cpu_ms"].items()),
                         flush=True,
                     )
             finally:
@@ -223,14 +270,15 @@ def main() -> None:
     print()
     print(
         "| inputs | server | clients | requests/s | p50 ms | p95 ms | x plain loop "
-        "| x batched loop |"
+        "| x batched loop | CPU ms/request: clients, front end, worker |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind, name, clients, f, loop, batched in rows:
         latency = f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f}" if "p50_ms" in f else " | "
+        cpu = ", ".join(f"{v:.2f}" for v in f["cpu_ms"].values()) if "cpu_ms" in f else ""
         print(
             f"| {kind} | {name} | {clients} | {f['requests_per_s']:.1f} | {latency} | "
-            f"{f['requests_per_s'] / loop:.2f} | {f['requests_per_s'] / batched:.2f} |"
+            f"{f['requests_per_s'] / loop:.2f} | {f['requests_per_s'] / batched:.2f} | {cpu} |"
         )
 
 
