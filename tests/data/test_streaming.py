@@ -403,3 +403,23 @@ def test_a_streamed_classification_run_fits_its_baselines_on_the_head_and_says_s
     assert metrics["global_step"] == 3 and 0 <= metrics["test"]["test/acc"] <= 1
     comparison = (tmp_path / "run" / "comparison.md").read_text()
     assert "fitted on the first 40 rows of the streamed training split" in comparison
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "max_steps", "title"),
+    [(-1, 120, "Epoch 3 (max_steps 120)"), (5, -1, "Epoch 3/4"), (5, 120, "Epoch 3/4")],
+)
+def test_the_progress_bar_of_a_run_bounded_by_steps_names_its_step_budget(
+    max_epochs, max_steps, title
+):
+    """A streamed run has max_epochs=-1: Lightning's bar would read "Epoch 3/-2"."""
+    import lightning.pytorch as pl
+
+    from lmforge.runtime.callbacks import ProgressBar
+
+    bar = ProgressBar()
+    # Lightning attaches the trainer to its callbacks when fitting starts.
+    bar._trainer = pl.Trainer(
+        callbacks=[bar], max_epochs=max_epochs, max_steps=max_steps, logger=False
+    )
+    assert bar._get_train_description(3).strip() == title

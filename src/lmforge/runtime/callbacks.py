@@ -278,3 +278,19 @@ class MatmulPrecision(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.set_float32_matmul_precision(self.precision)
+
+
+class ProgressBar(pl.callbacks.RichProgressBar):
+    """Lightning's rich progress bar, except for runs bounded by steps alone (streamed data,
+    where Lightning sets max_epochs=-1): there it would title the bar "Epoch 0/-2"; this one
+    names the epoch and the run's step budget instead."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is None or trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch}"
+        if trainer.max_steps > 0:
+            description += f" (max_steps {trainer.max_steps})"
+        # As Lightning's: as wide as the validation title, so the bars do not flicker.
+        return f"{description:{len(self.validation_description)}}"
