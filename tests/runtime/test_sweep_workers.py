@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from lmforge.data.datamodule import available_cores
 from lmforge.errors import LmforgeError
 from lmforge.runtime.sweep import OptunaSweeper, finished_trials, mark_interrupted
 from lmforge.runtime.sweep_workers import (
@@ -27,6 +28,7 @@ from lmforge.runtime.sweep_workers import (
     open_storage,
     take_trial,
     worker_command,
+    worker_environment,
 )
 from tests.helpers import compose_config, finish, launch, quick
 
@@ -218,6 +220,10 @@ def test_two_local_workers_run_n_distinct_trials_each_in_its_own_dir(
         assert OmegaConf.load(run / "config.yaml").optimizer.lr == pytest.approx(
             trial.params["optimizer.lr"]
         )
+        # Each worker computes on its share of the cores (or on what the user set).
+        threads = os.environ.get("OMP_NUM_THREADS") or max(1, available_cores() // 2)
+        record = json.loads((run / "reproducibility.json").read_text())
+        assert record["platform"]["torch_threads"] == int(threads)
     logs = [(sweep / "workers" / f"{i}.log").read_text() for i in (0, 1)]
     taken = [int(n) for text in logs for n in _numbers_run(text)]
     assert sorted(taken) == sorted(t.number for t in ran)  # no trial run by both workers
@@ -296,3 +302,31 @@ def test_workers_as_launcher_jobs_on_a_journal_file(tmp_path, tiny_model, tiny_d
     # The worker jobs ran through submitit, each in its own directory beside the trials'.
     assert sorted(p.name for p in (sweep / "workers").iterdir()) == ["0", "1"]
     assert (sweep / ".submitit").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("workers", "cores", "gpus", "threads", "visible"),
+    [
+        (2, 2, 0, ["1", "1"], [None, None]),
+        (3, 16, 0, ["5", "5", "5"], [None, None, None]),
+        (4, 2, 0, ["1"] * 4, [None] * 4),
+        (2, 8, 4, ["4", "4"], ["0,2", "1,3"]),
+        (3, 8, 2, ["2"] * 3, ["0", "1", "0"]),
+        (2, 8, 1, ["4", "4"], [None, None]),
+    ],
+)
+def test_local_workers_get_their_share_of_the_cores_and_gpus(
+    workers, cores, gpus, threads, visible
+):
+    envs = [worker_environment(i, workers, {"PATH": "/bin"}, cores, gpus) for i in range(workers)]
+    assert [e["OMP_NUM_THREADS"] for e in envs] == threads
+    assert [e["MKL_NUM_THREADS"] for e in envs] == threads
+    assert [e.get("CUDA_VISIBLE_DEVICES") for e in envs] == visible
+    assert all(e["PATH"] == "/bin" for e in envs)
+
+
+def test_what_the_user_set_for_threads_and_gpus_is_kept():
+    mine = {"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "5,6"}
+    env = worker_environment(1, 2, mine, cores=16, gpus=8)
+    assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "5,6"
+    assert "MKL_NUM_THREADS" not in env  # the user's setting of threads stands as it is

@@ -12,12 +12,13 @@ nothing here schedules trials beyond that.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,18 +191,53 @@ def worker_command(config: DictConfig, index: int) -> list[str]:
     return [*command, *overrides, f"hydra.sweeper.worker_index={index}"]
 
 
+def worker_environment(
+    index: int, workers: int, environ: Mapping[str, str], cores: int, gpus: int
+) -> dict[str, str]:
+    """The environment of local worker `index` of `workers`: its share of the machine. Its
+    compute threads get cores // workers (OMP_NUM_THREADS, MKL_NUM_THREADS), where each worker
+    would otherwise start a thread per core and the workers would wait on each other's threads;
+    with several GPUs it sees its own (CUDA_VISIBLE_DEVICES: every workers-th GPU, or one GPU
+    in turn when there are more workers than GPUs). What the user set is kept."""
+    env = dict(environ)
+    threads = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if not any(key in environ for key in threads):
+        env.update(dict.fromkeys(threads, str(max(1, cores // workers))))
+    if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in environ:
+        if workers <= gpus:
+            mine = [g for g in range(gpus) if g % workers == index]
+        else:
+            mine = [index % gpus]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
+    return env
+
+
 def run_local_workers(commands: Sequence[list[str]], sweep_dir: Path, cwd: str) -> list[int]:
-    """Run the workers as processes on this machine, each logging to workers/<i>.log; returns
-    their exit codes. Ctrl-C stops them all (each marks its running trial interrupted)."""
+    """Run the workers as processes on this machine, each logging to workers/<i>.log and on
+    its share of the cores and GPUs (`worker_environment`); returns their exit codes. Ctrl-C
+    stops them all (each marks its running trial interrupted)."""
+    import torch
+
+    from lmforge.data.datamodule import available_cores
+
     logs = sweep_dir / WORKERS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     processes = []
+    cores, gpus = available_cores(), torch.cuda.device_count()
     for index, command in enumerate(commands):
+        env = worker_environment(index, len(commands), os.environ, cores, gpus)
         with open(logs / f"{index}.log", "a", encoding="utf-8") as out:
             processes.append(
-                subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+                subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
             )
-        log.info("Worker %d started (pid %d), log: %s", index, processes[-1].pid, logs)
+        log.info(
+            "Worker %d started (pid %d; %s compute threads%s), log: %s",
+            index,
+            processes[-1].pid,
+            env.get("OMP_NUM_THREADS", "the user's"),
+            f", GPUs {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else "",
+            logs,
+        )
     try:
         return [process.wait() for process in processes]
     except BaseException:
