@@ -207,6 +207,43 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_file_intact(
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 
+def test_a_checkpoint_write_on_a_full_disk_says_so_in_one_paragraph(tmp_path, monkeypatch):
+    """torch.save reports a full disk as "enforce fail at inline_container.cc ... unexpected
+    pos"; the run says which file, which disk, how much is free and what to do."""
+    import shutil
+    from collections import namedtuple
+
+    from lmforge.errors import LmforgeError
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+    good = target.read_bytes()
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"x" * 3 * 2**20)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 193376192")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 2**20))
+    with pytest.raises(LmforgeError) as error:
+        io.save_checkpoint({"step": 2}, target)
+    message = str(error.value)
+    assert message.startswith(
+        f"Saving the checkpoint {target} failed: the disk holding {target.parent} is full"
+    )
+    assert "(1 MiB free after 3 MiB of it were written)" in message
+    assert "The previous last.ckpt is intact." in message
+    assert "callbacks.last_checkpoint=null" in message and "\n" not in message
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    # With room on the disk the write's own error stands.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 0, 5 * 2**30))
+    with pytest.raises(RuntimeError, match="inline_container"):
+        io.save_checkpoint({"step": 2}, target)
+
+
 def test_runs_save_checkpoints_atomically(make_cfg, tmp_path):
     from lmforge.runtime.precision import settle_precision
     from lmforge.runtime.trainer import build_trainer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, target)
+        except (OSError, RuntimeError) as error:
+            written = partial.stat().st_size if partial.exists() else 0
+            partial.unlink(missing_ok=True)
+            full = disk_full_error(target, written)
+            if full is None:
+                raise
+            raise full from error
         finally:
             partial.unlink(missing_ok=True)
+
+
+# Below this much free space a failed write is taken for a full disk (torch.save reports one as
+# "enforce fail at inline_container.cc ... unexpected pos", which names neither file nor disk).
+FULL_DISK_BYTES = 64 * 2**20
+
+
+def disk_full_error(target: Path, written: int) -> LmforgeError | None:
+    """The error to raise when saving `target` failed on a full disk (None when it is not)."""
+    free = shutil.disk_usage(target.parent).free
+    if free > FULL_DISK_BYTES:
+        return None
+    return LmforgeError(
+        f"Saving the checkpoint {target} failed: the disk holding {target.parent} is full "
+        f"({free / 2**20:.0f} MiB free after {written / 2**20:.0f} MiB of it were written). "
+        f"{'The previous ' + target.name + ' is intact. ' if target.exists() else ''}"
+        "Free space there (earlier runs' checkpoints/ folders are the largest files), put runs "
+        "on a larger disk with paths.output_dir=..., or keep one checkpoint per run: "
+        "callbacks.last_checkpoint=null drops last.ckpt (and with it resuming)."
+    )
 
 
 def use_atomic_checkpoints(strategy: Any) -> None:
