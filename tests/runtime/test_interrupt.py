@@ -210,6 +210,7 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_file_intact(
 def test_a_checkpoint_write_on_a_full_disk_says_so_in_one_paragraph(tmp_path, monkeypatch):
     """torch.save reports a full disk as "enforce fail at inline_container.cc ... unexpected
     pos"; the run says which file, which disk, how much is free and what to do."""
+    import errno
     import shutil
     from collections import namedtuple
 
@@ -225,8 +226,15 @@ def test_a_checkpoint_write_on_a_full_disk_says_so_in_one_paragraph(tmp_path, mo
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 193376192")
 
     usage = namedtuple("usage", "total used free")
+
+    def disk_usage(path):
+        # The disk is full while the partial write holds its space; deleting it frees room
+        # (a real checkpoint's hundreds of MiB), so the check must look before that.
+        partial = any(p.name.endswith(".partial") for p in target.parent.iterdir())
+        return usage(10 * 2**30, 10 * 2**30, 2**20 if partial else 512 * 2**20)
+
     monkeypatch.setattr(torch, "save", full_disk)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 2**20))
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     with pytest.raises(LmforgeError) as error:
         io.save_checkpoint({"step": 2}, target)
     message = str(error.value)
@@ -238,7 +246,17 @@ def test_a_checkpoint_write_on_a_full_disk_says_so_in_one_paragraph(tmp_path, mo
     assert "callbacks.last_checkpoint=null" in message and "\n" not in message
     assert target.read_bytes() == good
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    # An OSError of no space left says so whatever the disk shows afterwards.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 0, 5 * 2**30))
+
+    def no_space(obj, file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(LmforgeError, match="is full"):
+        io.save_checkpoint({"step": 2}, target)
     # With room on the disk the write's own error stands.
+    monkeypatch.setattr(torch, "save", full_disk)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 0, 5 * 2**30))
     with pytest.raises(RuntimeError, match="inline_container"):
         io.save_checkpoint({"step": 2}, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -83,9 +84,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(file.fileno())
             os.replace(partial, target)
         except (OSError, RuntimeError) as error:
-            written = partial.stat().st_size if partial.exists() else 0
-            partial.unlink(missing_ok=True)
-            full = disk_full_error(target, written)
+            # Measured before the partial file goes: deleting it frees what it took.
+            full = disk_full_error(target, partial, error)
             if full is None:
                 raise
             raise full from error
@@ -98,11 +98,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 FULL_DISK_BYTES = 64 * 2**20
 
 
-def disk_full_error(target: Path, written: int) -> LmforgeError | None:
-    """The error to raise when saving `target` failed on a full disk (None when it is not)."""
+def disk_full_error(target: Path, partial: Path, error: Exception) -> LmforgeError | None:
+    """The error to raise when writing `target` (through `partial`) failed on a full disk;
+    None when the disk has room."""
     free = shutil.disk_usage(target.parent).free
-    if free > FULL_DISK_BYTES:
+    no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if free > FULL_DISK_BYTES and not no_space:
         return None
+    written = partial.stat().st_size if partial.exists() else 0
     return LmforgeError(
         f"Saving the checkpoint {target} failed: the disk holding {target.parent} is full "
         f"({free / 2**20:.0f} MiB free after {written / 2**20:.0f} MiB of it were written). "
