@@ -45,27 +45,38 @@ def overrides_like(words: list[str]) -> bool:
     return all("=" in w or w.startswith("-") or w in ("...", "#") for w in words)
 
 
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def code_block_lines(path: Path) -> list[str]:
+    """The shell lines of a page's code blocks as a user would type them: continued lines
+    joined, the shell variables the block sets expanded, environment settings before the
+    command (`WANDB_MODE=offline lmforge-...`) left out."""
+    lines = []
+    text = path.read_text(encoding="utf-8")
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        variables = dict(re.findall(r'^(\w+)="([^"]*)"', joined, flags=re.M))
+        for line in joined.splitlines():
+            line = line.strip().removeprefix("$ ")
+            for name, value in variables.items():
+                line = line.replace(f"${name}", value)
+            lines.append(re.sub(r"^([A-Z_][A-Z0-9_]*=\S+\s+)+", "", line))
+    return lines
+
+
 def documented_commands() -> list[tuple[str, str]]:
-    """(where, command line) for every lmforge command in the code blocks of the docs, with
-    the shell variables a block sets expanded, and in inline code that gives overrides."""
+    """(where, command line) for every lmforge command in the code blocks of the docs, and in
+    inline code that gives overrides."""
     found = []
-    for path in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
-        text = path.read_text(encoding="utf-8")
-        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
-            joined = re.sub(r"\\\n\s*", " ", block)
-            variables = dict(re.findall(r'^(\w+)="([^"]*)"', joined, flags=re.M))
-            for line in joined.splitlines():
-                line = line.strip().removeprefix("$ ")
-                for name, value in variables.items():
-                    line = line.replace(f"${name}", value)
-                # Environment settings before the command (`WANDB_MODE=offline lmforge-...`).
-                line = re.sub(r"^([A-Z_][A-Z0-9_]*=\S+\s+)+", "", line)
-                words = line.split()
-                # A diagram's `lmforge-train overrides` is no command line.
-                if words and words[0] in CONFIGS and overrides_like(words[1:2]):
-                    found.append((f"{path.relative_to(REPO)}: {line[:60]}", line))
+    for path in DOC_PAGES:
+        for line in code_block_lines(path):
+            words = line.split()
+            # A diagram's `lmforge-train overrides` is no command line.
+            if words and words[0] in CONFIGS and overrides_like(words[1:2]):
+                found.append((f"{path.relative_to(REPO)}: {line[:60]}", line))
         # Commands in table cells and running text: `lmforge-... key=value ...`.
-        for line in re.findall(r"`(lmforge-[a-z]+ [^`]+)`", text):
+        for line in re.findall(r"`(lmforge-[a-z]+ [^`]+)`", path.read_text(encoding="utf-8")):
             line = re.sub(r"<[^<>]+>", "PLACEHOLDER", line)
             if line.split(" ", 1)[0] in CONFIGS and overrides_like(line.split()[1:]):
                 found.append((f"{path.relative_to(REPO)}: {line[:60]}", line))
@@ -106,15 +117,12 @@ COMMANDS = documented_commands()
 
 def documented_reports() -> list[tuple[str, str]]:
     """(where, command line) of every `lmforge-report` line in the code blocks of the docs."""
-    found = []
-    for path in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
-        for block in re.findall(
-            r"```(?:bash|sh)?\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S
-        ):
-            for line in block.splitlines():
-                if line.strip().startswith("lmforge-report "):
-                    found.append((f"{path.relative_to(REPO)}: {line.strip()[:60]}", line.strip()))
-    return found
+    return [
+        (f"{path.relative_to(REPO)}: {line[:60]}", line)
+        for path in DOC_PAGES
+        for line in code_block_lines(path)
+        if line.startswith("lmforge-report ")
+    ]
 
 
 REPORTS = documented_reports()
