@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -240,8 +239,7 @@ def main() -> None:
         for name, options in settings.items():
             if args.settings and name not in args.settings:
                 continue
-            slug = re.sub(r"\W+", "_", name)
-            log = work / f"{kind}_{slug}.log"
+            log = work / f"{kind}_{name.replace(' ', '_')}.log"
             process, url = start_server(source, options, log)
             try:
                 for clients in args.clients:
